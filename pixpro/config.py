@@ -1,0 +1,367 @@
+"""Typed, validated view of params.yaml.
+
+Every section is a frozen dataclass. `load_params` validates the whole file up front: an
+unknown key, a wrong type or an out-of-range value raises `ConfigError` naming the dotted key
+(e.g. ``data.sizee``), before any stage does work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from pixpro.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    train: int = 200
+    val: int = 50
+    extra: int = 0
+    cities: int = 4
+    raw_size: tuple[int, int] = (256, 512)
+
+    def validate(self, key: str) -> None:
+        _require(self.train >= 1 and self.val >= 1, f"{key}.train/val", "must be >= 1")
+        _require(self.extra >= 0, f"{key}.extra", "must be >= 0")
+        _require(self.cities >= 1, f"{key}.cities", "must be >= 1")
+        _require(min(self.raw_size) >= 16, f"{key}.raw_size", "must be at least 16 pixels")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["synthetic", "cityscapes"] = "synthetic"
+    root: str = "data/cityscapes"
+    size: tuple[int, int] = (128, 256)
+    use_extra: bool = False
+    workers: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def validate(self, key: str) -> None:
+        _require(min(self.size) >= 16, f"{key}.size", "must be [H, W] with both >= 16")
+        _require(self.workers >= 0, f"{key}.workers", "must be >= 0 (0 = all cores)")
+        self.synthetic.validate(f"{key}.synthetic")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    arch: Literal["smp_unet", "unet"] = "smp_unet"
+    encoder: str = "resnet18"
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
+    widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    dim: int = 64
+
+    def validate(self, key: str) -> None:
+        _require(self.dim >= 1, f"{key}.dim", "must be >= 1")
+        _require(len(self.decoder_channels) == 4, f"{key}.decoder_channels",
+                 "needs 4 entries (the 5th decoder stage has `dim` channels)")
+        _require(len(self.widths) >= 2, f"{key}.widths", "needs at least 2 entries")
+        _require(all(w >= 1 for w in (*self.decoder_channels, *self.widths)), f"{key}",
+                 "channel widths must be >= 1")
+
+    @property
+    def downsampling(self) -> int:
+        """Input sides must be divisible by this."""
+        return 32 if self.arch == "smp_unet" else 2 ** (len(self.widths) - 1)
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    size: tuple[int, int] = (96, 192)
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333333)
+    flip: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float] = (1.0, 0.1)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+    min_overlap: float = 0.25
+    max_tries: int = 10
+
+    def validate(self, key: str) -> None:
+        _require(0 < self.scale[0] <= self.scale[1] <= 1, f"{key}.scale", "must be 0 < lo <= hi <= 1")
+        _require(0 < self.ratio[0] <= self.ratio[1], f"{key}.ratio", "must be 0 < lo <= hi")
+        for name in ("flip", "jitter_p", "grayscale_p", "min_overlap"):
+            _require(0 <= getattr(self, name) <= 1, f"{key}.{name}", "must be in [0, 1]")
+        for name in ("blur_p", "solarize_p"):
+            _require(all(0 <= p <= 1 for p in getattr(self, name)), f"{key}.{name}",
+                     "probabilities must be in [0, 1]")
+        _require(all(j >= 0 for j in self.jitter) and self.jitter[3] <= 0.5, f"{key}.jitter",
+                 "must be >= 0, hue <= 0.5")
+        _require(self.max_tries >= 1, f"{key}.max_tries", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    candidates: int = 512
+    neighbours: int = 4
+    num: int = 256
+    dist_thresh: float = 0.7
+
+    def validate(self, key: str) -> None:
+        _require(self.candidates >= 1 and self.num >= 1 and self.neighbours >= 1, key,
+                 "candidates, neighbours and num must be >= 1")
+        _require(self.num <= self.candidates * self.neighbours, f"{key}.num",
+                 f"= {self.num} exceeds candidates x neighbours = "
+                 f"{self.candidates} x {self.neighbours}; lower num or raise the others")
+        _require(self.dist_thresh > 0, f"{key}.dist_thresh", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PPMConfig:
+    window: Optional[int] = 7
+    gamma: float = 2.0
+    transform_layers: int = 1
+
+    def validate(self, key: str) -> None:
+        _require(self.window is None or self.window >= 1, f"{key}.window",
+                 "must be >= 1, or null for global PPM")
+        _require(self.gamma > 0, f"{key}.gamma", "must be > 0")
+        _require(self.transform_layers in (0, 1, 2), f"{key}.transform_layers", "must be 0, 1 or 2")
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    hidden: int = 256
+    out: int = 128
+
+    def validate(self, key: str) -> None:
+        _require(self.hidden >= 1 and self.out >= 1, key, "hidden and out must be >= 1")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["lars", "sgd", "adamw"] = "adamw"
+    base_lr: float = 0.004
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    trust_coefficient: float = 0.001
+
+    def validate(self, key: str) -> None:
+        _require(self.base_lr > 0, f"{key}.base_lr", "must be > 0")
+        _require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        _require(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
+        _require(self.warmup_epochs >= 0, f"{key}.warmup_epochs", "must be >= 0")
+        _require(0 <= self.min_lr_ratio <= 1, f"{key}.min_lr_ratio", "must be in [0, 1]")
+        _require(self.trust_coefficient > 0, f"{key}.trust_coefficient", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = 12
+    batch_size: int = 16
+    momentum: float = 0.99
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    ppm: PPMConfig = field(default_factory=PPMConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    device: str = "auto"
+    nproc: int = 1
+    workers: int = 2
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    checkpoint_every: int = 50
+    log_every: int = 5
+    ddp_timeout_s: int = 600
+
+    def validate(self, key: str) -> None:
+        _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
+        _require(self.batch_size >= 2, f"{key}.batch_size", "must be >= 2 (BatchNorm needs a batch)")
+        _require(0 <= self.momentum <= 1, f"{key}.momentum", "must be in [0, 1]")
+        _require(self.nproc >= 1, f"{key}.nproc", "must be >= 1")
+        _require(self.workers >= 0, f"{key}.workers", "must be >= 0")
+        _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
+        _require(self.log_every >= 1, f"{key}.log_every", "must be >= 1")
+        _require(self.ddp_timeout_s >= 10, f"{key}.ddp_timeout_s", "must be >= 10")
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+                 f"{key}.device", f"= {self.device!r}; use auto, cpu or cuda[:N]")
+        for section in ("backbone", "views", "pairs", "ppm", "projector", "optim"):
+            getattr(self, section).validate(f"{key}.{section}")
+        step = self.backbone.downsampling
+        _require(all(s % step == 0 for s in self.views.size), f"{key}.views.size",
+                 f"= {list(self.views.size)} must be divisible by {step} for {self.backbone.arch}")
+        window = self.ppm.window
+        _require(window is None or window <= min(self.views.size), f"{key}.ppm.window",
+                 f"= {window} is larger than the view {list(self.views.size)}")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    pixels_per_image: int = 256
+    batch_size: int = 8
+    normalize: Literal["l2", "standardize", "none"] = "l2"
+
+    def validate(self, key: str) -> None:
+        _require(self.pixels_per_image >= 1, f"{key}.pixels_per_image", "must be >= 1")
+        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    weight_decay: float = 1e-4
+    class_weighting: Literal["none", "balanced"] = "none"
+    max_iter: int = 300
+    tolerance: float = 1e-7
+
+    def validate(self, key: str) -> None:
+        _require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        _require(self.max_iter >= 1, f"{key}.max_iter", "must be >= 1")
+        _require(self.tolerance > 0, f"{key}.tolerance", "must be > 0")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 8
+    overlays: int = 4
+
+    def validate(self, key: str) -> None:
+        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        _require(self.overlays >= 0, f"{key}.overlays", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    queries: int = 570
+    k: int = 10
+    knn_k: int = 10
+    chunk_size: int = 8192
+    examples: int = 3
+
+    def validate(self, key: str) -> None:
+        _require(self.queries >= 1, f"{key}.queries", "must be >= 1")
+        _require(self.k >= 10, f"{key}.k", "must be >= 10 (precision@10 is reported)")
+        _require(self.knn_k >= 1, f"{key}.knn_k", "must be >= 1")
+        _require(self.chunk_size >= 1, f"{key}.chunk_size", "must be >= 1")
+        _require(self.examples >= 0, f"{key}.examples", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+    def validate(self, key: str = "") -> None:
+        _require(self.seed >= 0, "seed", "must be >= 0")
+        for section in ("data", "pretrain", "extract", "probe", "evaluate", "retrieval"):
+            getattr(self, section).validate(section)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read, type-check and range-check the whole params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {path} not found (run from the repository root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return params_from_dict(raw)
+
+
+def params_from_dict(raw: Any) -> Params:
+    params = _build(Params, raw, "")
+    params.validate()
+    return params
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass tree -> plain dict/list tree (for checkpoints and logs)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def backbone_from_dict(raw: dict) -> BackboneConfig:
+    return _build(BackboneConfig, raw, "backbone")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    where = key or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        dotted = ".".join(filter(None, [key, str(unknown[0])]))
+        raise ConfigError(f"unknown key {dotted} (known under {where}: {', '.join(sorted(names))})")
+    values = {}
+    for name in names & set(raw):
+        values[name] = _coerce(hints[name], raw[name], ".".join(filter(None, [key, name])))
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} entries, got {len(value)}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")  # programming error, not user's
