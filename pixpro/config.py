@@ -36,6 +36,13 @@ class SyntheticConfig:
         _require(self.train >= 1 and self.val >= 1, f"{key}.train/val", "must be >= 1")
         _require(self.extra >= 0, f"{key}.extra", "must be >= 0")
         _require(self.cities >= 1, f"{key}.cities", "must be >= 1")
+        # Cities are disjoint between splits and drawn from the generator's fixed list of names.
+        from pixpro.data.synthetic import CITY_NAMES
+
+        splits = 3 if self.extra > 0 else 2
+        _require(self.cities * splits <= len(CITY_NAMES), f"{key}.cities",
+                 f"= {self.cities} is too many: at most {len(CITY_NAMES) // splits} per split "
+                 f"for {splits} splits ({len(CITY_NAMES)} city names)")
         _require(min(self.raw_size) >= 16, f"{key}.raw_size", "must be at least 16 pixels")
 
 
@@ -52,6 +59,10 @@ class DataConfig:
         _require(min(self.size) >= 16, f"{key}.size", "must be [H, W] with both >= 16")
         _require(self.workers >= 0, f"{key}.workers", "must be >= 0 (0 = all cores)")
         self.synthetic.validate(f"{key}.synthetic")
+        # Otherwise discover() fails later naming a temporary folder the user never sees.
+        _require(not (self.use_extra and self.source == "synthetic" and self.synthetic.extra == 0),
+                 f"{key}.use_extra", f"is true but {key}.synthetic.extra is 0: set "
+                 f"{key}.synthetic.extra > 0 or {key}.use_extra false")
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,7 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class ViewsConfig:
-    size: tuple[int, int] = (96, 192)
+    size: tuple[int, int] = (64, 128)
     scale: tuple[float, float] = (0.2, 1.0)
     ratio: tuple[float, float] = (0.75, 1.3333333)
     flip: float = 0.5
@@ -205,9 +216,8 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    pixels_per_image: int = 256
+    pixels_per_image: int = 64
     batch_size: int = 8
-    normalize: Literal["l2", "standardize", "none"] = "l2"
 
     def validate(self, key: str) -> None:
         _require(self.pixels_per_image >= 1, f"{key}.pixels_per_image", "must be >= 1")
@@ -242,6 +252,7 @@ class RetrievalConfig:
     queries: int = 570
     k: int = 10
     knn_k: int = 10
+    knn_stride: int = 4
     chunk_size: int = 8192
     examples: int = 3
 
@@ -249,6 +260,7 @@ class RetrievalConfig:
         _require(self.queries >= 1, f"{key}.queries", "must be >= 1")
         _require(self.k >= 10, f"{key}.k", "must be >= 10 (precision@10 is reported)")
         _require(self.knn_k >= 1, f"{key}.knn_k", "must be >= 1")
+        _require(self.knn_stride >= 1, f"{key}.knn_stride", "must be >= 1 (1 = every pixel)")
         _require(self.chunk_size >= 1, f"{key}.chunk_size", "must be >= 1")
         _require(self.examples >= 0, f"{key}.examples", "must be >= 0")
 
@@ -283,6 +295,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError as err:  # a binary or non-UTF-8 file: still the user's to fix
+        raise ConfigError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read params file {path}: {err.strerror or err}") from None
     return params_from_dict(raw)
 
 

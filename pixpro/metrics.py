@@ -309,7 +309,7 @@ def topk_cosine(
 
     Returns:
         scores (Q, k) float32 and indices (Q, k) int64 into ``gallery``, sorted by
-        decreasing similarity. Peak extra memory is O(Q * (k + chunk_size)).
+        decreasing similarity. Peak extra memory is O(Q * k + 16M floats).
     """
     if queries.dim() != 2 or gallery.dim() != 2 or queries.shape[1] != gallery.shape[1]:
         raise ValueError(
@@ -323,17 +323,21 @@ def topk_cosine(
 
     device = queries.device
     q = F.normalize(queries.to(torch.float32), dim=1)
+    # Query blocks keep each similarity tile at about 16M floats whatever Q is.
+    block = max(1, (1 << 24) // min(chunk_size, n))
     best_scores = torch.empty(q.shape[0], 0, dtype=torch.float32, device=device)
     best_idx = torch.empty(q.shape[0], 0, dtype=torch.int64, device=device)
     for start in range(0, n, chunk_size):
         # Normalise per chunk so a half-precision gallery is never copied whole to float32.
         g = F.normalize(gallery[start : start + chunk_size].to(device=device, dtype=torch.float32), dim=1)
-        sims = q @ g.T
-        idx = torch.arange(start, start + g.shape[0], device=device).expand_as(sims)
-        cand_scores = torch.cat([best_scores, sims], dim=1)
-        cand_idx = torch.cat([best_idx, idx], dim=1)
-        keep = min(k, cand_scores.shape[1])
-        best_scores, pos = cand_scores.topk(keep, dim=1, largest=True, sorted=True)
+        keep = min(k, g.shape[0])
+        tiles = [(q[i : i + block] @ g.T).topk(keep, dim=1) for i in range(0, q.shape[0], block)]
+        chunk_scores = torch.cat([t.values for t in tiles])  # (Q, keep)
+        chunk_idx = torch.cat([t.indices for t in tiles]) + start
+        # Merge the chunk's own top-k with the running one: O(Q * k) per chunk.
+        cand_scores = torch.cat([best_scores, chunk_scores], dim=1)
+        cand_idx = torch.cat([best_idx, chunk_idx], dim=1)
+        best_scores, pos = cand_scores.topk(min(k, cand_scores.shape[1]), dim=1, largest=True, sorted=True)
         best_idx = cand_idx.gather(1, pos)
     return best_scores, best_idx
 

@@ -247,7 +247,8 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
         model.backbone = torch.compile(model.backbone)
         model.target_backbone = torch.compile(model.target_backbone)
     if runtime.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cuda:  # SyncBatchNorm is CUDA-only; CPU DDP (gloo, for tests) keeps per-rank BN statistics
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
     peak_lr = cfg.optim.base_lr * cfg.batch_size / 256

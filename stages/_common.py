@@ -1,4 +1,4 @@
-"""Shared plumbing of the stage commands: params loading and one-line errors."""
+"""Shared plumbing of the stage commands: options, params loading and one-line errors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pixpro.config import Params, load_params
 from pixpro.errors import PixproError
@@ -17,10 +19,15 @@ F = TypeVar("F", bound=Callable)
 err_console = Console(stderr=True, highlight=False)
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="Parameters file (validated up front).")
+DATA_OPTION = typer.Option(Path("data/prepared"), "--data", help="Prepared dataset folder (from `pixpro prepare`).")
+BACKBONE_OPTION = typer.Option(..., "--backbone", help="pretrained (models/backbone.pt) or random (same "
+                                                       "architecture, random init from seed).")
+CHECKPOINT_OPTION = typer.Option(Path("models/backbone.pt"), "--checkpoint",
+                                 help="Pretrained backbone (read only with --backbone pretrained).")
 
 
 def user_errors(stage: str) -> Callable[[F], F]:
-    """Turn PixproError into `error: <message>` and exit code 1, without a traceback."""
+    """Turn PixproError into `pixpro <stage>: error: <message>` and a non-zero exit, no traceback."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -28,7 +35,7 @@ def user_errors(stage: str) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except PixproError as err:
-                err_console.print(f"[bold red]pixpro {stage}: error:[/] {err}", soft_wrap=True)
+                err_console.print(f"[bold red]pixpro {stage}: error:[/] {escape(str(err))}", soft_wrap=True)
                 sys.exit(err.exit_code)
 
         return wrapper  # type: ignore[return-value]
@@ -38,3 +45,7 @@ def user_errors(stage: str) -> Callable[[F], F]:
 
 def load(params_path: Path) -> Params:
     return load_params(params_path)
+
+
+def inference_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from stages import prepare, pretrain
+from stages import evaluate, extract, prepare, pretrain, probe, report, retrieval, show_pairs
 
 app = typer.Typer(
     help="PixPro dense self-supervised pretraining for semantic segmentation. "
-    "Each subcommand is one DVC stage; `dvc repro` runs them in order.",
+    "Each subcommand is one DVC stage; `dvc repro` runs them in order "
+    "(prepare -> pretrain -> extract -> probe -> evaluate, retrieval -> report).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -16,6 +17,12 @@ app = typer.Typer(
 app.command("prepare")(prepare.main)
 app.command("synthesize")(prepare.synthesize)
 app.command("pretrain")(pretrain.main)
+app.command("extract")(extract.main)
+app.command("probe")(probe.main)
+app.command("evaluate")(evaluate.main)
+app.command("retrieval")(retrieval.main)
+app.command("report")(report.main)
+app.command("show-pairs")(show_pairs.main)
 
 
 if __name__ == "__main__":

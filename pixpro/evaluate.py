@@ -1,0 +1,73 @@
+"""Score a frozen backbone + linear probe on every val pixel, one batch at a time."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from pixpro.data.cityscapes import IMAGE_SUFFIX
+from pixpro.errors import DataError
+from pixpro.features import embed, labelled_batches
+from pixpro.metrics import ConfusionAccumulator, SegmentationScores
+
+
+@dataclass
+class Overlay:
+    image: np.ndarray  # (H, W, 3) uint8
+    truth: np.ndarray  # (H, W) uint8 trainIds
+    prediction: np.ndarray  # (H, W) uint8 trainIds
+
+
+@dataclass
+class Evaluation:
+    scores: SegmentationScores
+    confusion: Tensor  # (K, K) int64, rows = ground truth
+    overlays: list[Overlay]
+
+
+def predict(backbone: nn.Module, probe: nn.Linear, images: Tensor) -> Tensor:
+    """(B, 3, H, W) -> (B, H, W) int64 trainIds."""
+    features = embed(backbone, images)  # (B, C, H, W)
+    logits = torch.einsum("bchw,kc->bkhw", features, probe.weight) + probe.bias[None, :, None, None]
+    return logits.argmax(1)
+
+
+def check_same_size(prediction: Tensor, mask: Tensor, name: str) -> None:
+    if prediction.shape != mask.shape:
+        raise DataError(f"prediction for {name} is {tuple(prediction.shape[-2:])} but its label is "
+                        f"{tuple(mask.shape[-2:])}")
+
+
+@torch.no_grad()
+def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFrame, batch_size: int,
+                          device: torch.device, predictions_dir: Path, overlays: int) -> Evaluation:
+    """Predict every val pixel, write trainId PNGs named after the input images, and
+    accumulate one dataset-level confusion matrix."""
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+    accumulator = ConfusionAccumulator()
+    kept: list[Overlay] = []
+    probe = probe.to(device)
+    # PNG encoding runs in threads (it releases the GIL) so it overlaps the next forward pass.
+    with ThreadPoolExecutor(max_workers=2) as writer:
+        for batch in labelled_batches(rows, batch_size, description="evaluate"):
+            prediction = predict(backbone, probe, batch.image.to(device)).cpu()  # (B, H, W)
+            for b, index in enumerate(batch.index):
+                check_same_size(prediction[b], batch.mask[b], rows.iloc[index]["image"])
+            accumulator.update(prediction, batch.mask)
+            for b, index in enumerate(batch.index):
+                image_path = Path(rows.iloc[index]["image"])
+                array = prediction[b].numpy().astype(np.uint8)
+                writer.submit(Image.fromarray(array).save, predictions_dir / image_path.name, compress_level=1)
+                if len(kept) < overlays:
+                    kept.append(Overlay(np.asarray(Image.open(image_path).convert("RGB")),
+                                        batch.mask[b].numpy().astype(np.uint8), array))
+    return Evaluation(accumulator.scores(), accumulator.conf, kept)
+
+

@@ -1,0 +1,173 @@
+"""Frozen backbones and the pixel-feature bank.
+
+Features are L2-normalised everywhere (bank, probe, evaluation, retrieval): retrieval is by
+cosine similarity, and the scale of random-init features differs wildly from pretrained ones,
+so a shared unit scale lets one probe weight decay serve both backbones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pixpro.checkpoint import first_difference, load_checkpoint, lookup
+from pixpro.config import ExtractConfig, Params, backbone_from_dict, to_dict
+from pixpro.data.cityscapes import IGNORE, NUM_CLASSES
+from pixpro.data.prepare import load_manifest
+from pixpro.data.views import load_image_tensor, normalize
+from pixpro.errors import CheckpointError, DataError
+from pixpro.model.backbone import build_backbone
+from pixpro.progress import progress_bar
+
+BackboneKind = Literal["pretrained", "random"]
+BACKBONES: tuple[str, ...] = ("pretrained", "random")
+
+
+def load_frozen_backbone(kind: str, params: Params, checkpoint: Path) -> nn.Module:
+    """The pretrained backbone from `checkpoint`, or the same architecture with random init
+    from `seed`; eval mode, no gradients."""
+    if kind not in BACKBONES:
+        raise DataError(f"unknown backbone {kind!r}; use one of {', '.join(BACKBONES)}")
+    expected = to_dict(params.pretrain.backbone)
+    torch.manual_seed(params.seed)
+    model = build_backbone(params.pretrain.backbone)
+    if kind == "pretrained":
+        state = load_checkpoint(checkpoint, "pretrain")
+        saved = state.get("backbone_config")
+        if saved is None or "backbone" not in state:
+            raise CheckpointError(f"{checkpoint} holds no backbone; rerun `dvc repro pretrain`")
+        changed = first_difference(saved, expected)
+        if changed:
+            raise CheckpointError(
+                f"{checkpoint} was trained with pretrain.backbone.{changed} = {lookup(saved, changed)!r} but "
+                f"params.yaml has {lookup(expected, changed)!r}; rerun `dvc repro pretrain`")
+        model = build_backbone(backbone_from_dict(saved))
+        model.load_state_dict(state["backbone"])
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def embed(backbone: nn.Module, images: Tensor) -> Tensor:
+    """(B, 3, H, W) normalised images -> (B, C, H, W) unit-length pixel features."""
+    return F.normalize(backbone(images).float(), dim=1)
+
+
+class LabelledImage(NamedTuple):
+    image: Tensor  # (3, H, W) normalised
+    mask: Tensor  # (H, W) int64 trainIds, 255 = ignore
+    index: int
+
+
+class LabelledImages(Dataset):
+    """Prepared images and masks of one split, in manifest order."""
+
+    def __init__(self, manifest: pd.DataFrame):
+        self.rows = manifest.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> LabelledImage:
+        row = self.rows.iloc[index]
+        image = normalize(load_image_tensor(row["image"]))
+        mask = torch.from_numpy(np.asarray(Image.open(row["mask"]), dtype=np.int64))
+        if mask.shape != image.shape[-2:]:
+            raise DataError(f"mask {row['mask']} is {tuple(mask.shape)} but image {row['image']} is "
+                            f"{tuple(image.shape[-2:])}; rerun `pixpro prepare`")
+        return LabelledImage(image, mask, index)
+
+
+def split_rows(prepared_dir: Path, split: str) -> pd.DataFrame:
+    manifest = load_manifest(prepared_dir)
+    rows = manifest[(manifest["split"] == split) & (manifest["mask"] != "")]
+    if rows.empty:
+        raise DataError(f"{prepared_dir}/manifest.csv has no labelled {split} images")
+    return rows.reset_index(drop=True)
+
+
+def labelled_batches(rows: pd.DataFrame, batch_size: int, workers: int = 0,
+                     description: str = "") -> Iterator[LabelledImage]:
+    """Batches of (images (B, 3, H, W), masks (B, H, W), indices (B,)) behind a progress bar."""
+    loader = DataLoader(LabelledImages(rows), batch_size=batch_size, num_workers=workers,
+                        collate_fn=lambda items: LabelledImage(torch.stack([i.image for i in items]),
+                                                               torch.stack([i.mask for i in items]),
+                                                               [i.index for i in items]))
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=len(rows))
+        for batch in loader:
+            yield batch
+            progress.advance(task, len(batch.index))
+
+
+def balanced_pixels(mask: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """Flat indices of up to `count` labelled pixels, class-balanced within the image.
+
+    mask (H, W) -> (n,) int64 with n = min(count, labelled pixels). Classes contribute in
+    round-robin order of a random within-class ranking, so every class present gives
+    count // classes pixels unless it has fewer, and the rest go to the larger classes.
+    """
+    labels = mask.flatten()
+    labelled = (labels != IGNORE).nonzero().squeeze(1)  # (L,)
+    if labelled.numel() == 0:
+        return labelled
+    classes = labels[labelled]
+    shuffle = torch.randperm(labelled.numel(), generator=generator)
+    labelled, classes = labelled[shuffle], classes[shuffle]
+    order = torch.argsort(classes, stable=True)  # group by class, keep the random order inside
+    sorted_classes = classes[order]
+    starts = torch.searchsorted(sorted_classes, sorted_classes, right=False)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel()) - starts  # position inside its class
+    # Round-robin across classes: rank first, then a random class order.
+    class_order = torch.randperm(NUM_CLASSES, generator=generator)
+    key = rank * NUM_CLASSES + class_order[classes]
+    return labelled[torch.argsort(key)[:count]]
+
+
+@dataclass
+class FeatureBank:
+    features: Tensor  # (N, C) float16, unit length
+    labels: Tensor  # (N,) uint8 trainIds
+    image_index: Tensor  # (N,) int32 row in the split's manifest
+    pixel_index: Tensor  # (N,) int64 flat pixel index in the prepared image
+
+    def to_dict(self) -> dict:
+        return {"features": self.features, "labels": self.labels, "image_index": self.image_index,
+                "pixel_index": self.pixel_index}
+
+
+@torch.no_grad()
+def extract_bank(backbone: nn.Module, rows: pd.DataFrame, cfg: ExtractConfig, seed: int,
+                 device: torch.device) -> FeatureBank:
+    """Stream the labelled train images and keep cfg.pixels_per_image sampled pixels each:
+    memory is bounded by the batch and the bank, not by the dataset."""
+    chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    for batch in labelled_batches(rows, cfg.batch_size, description="extract features"):
+        features = embed(backbone, batch.image.to(device))  # (B, C, H, W)
+        for b, index in enumerate(batch.index):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+            pixels = balanced_pixels(batch.mask[b], cfg.pixels_per_image, generator)  # (n,)
+            feats = features[b].flatten(1)[:, pixels.to(device)].T  # (n, C)
+            chunks.append((feats.half().cpu(), batch.mask[b].flatten()[pixels].to(torch.uint8),
+                           torch.full((len(pixels),), index, dtype=torch.int32), pixels))
+    features, labels, image_index, pixel_index = (torch.cat(parts) for parts in zip(*chunks))
+    return FeatureBank(features, labels, image_index, pixel_index)
+
+
+def load_bank(path: Path) -> FeatureBank:
+    state = load_checkpoint(path, "extract")
+    try:
+        return FeatureBank(**state)
+    except TypeError:
+        raise CheckpointError(f"{path} is not a feature bank; rerun `dvc repro extract`") from None

@@ -1,0 +1,177 @@
+"""Pictures of images and segmentation masks (matplotlib with the Agg canvas, no pyplot state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from cityscapesscripts.helpers.labels import trainId2label
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+IGNORE_INDEX = 255
+
+
+def _train_id_palette() -> np.ndarray:
+    """(256, 3) uint8 lookup table trainId -> cityscapesscripts colour; everything else black."""
+    lut = np.zeros((256, 3), np.uint8)
+    for train_id, label in trainId2label.items():
+        if 0 <= train_id < IGNORE_INDEX:
+            lut[train_id] = label.color
+    return lut
+
+
+_PALETTE = _train_id_palette()
+
+
+def colorize_train_ids(mask: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 trainIds (255 = ignore) -> (H, W, 3) uint8 RGB; ignore (and unknown ids) black."""
+    return _PALETTE[np.asarray(mask, dtype=np.uint8)]
+
+
+def plot_examples(images: list[np.ndarray], masks: list[np.ndarray], path: Path,
+                  title: str | None = None) -> None:
+    """Save a grid, one row per example: image (H, W, 3) uint8 | colourised trainId mask (H, W).
+
+    Written as PNG at path; parent folders are created.
+    """
+    if len(images) != len(masks):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    if not images:
+        raise ValueError("plot_examples needs at least one example")
+    h, w = np.asarray(images[0]).shape[:2]
+    row_h = 2.2
+    fig = Figure(figsize=(2 * row_h * w / h + 0.2, row_h * len(images) + (0.4 if title else 0.1)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(images), 2, squeeze=False)
+    for row, (image, mask) in enumerate(zip(images, masks)):
+        axes[row, 0].imshow(np.asarray(image))
+        axes[row, 1].imshow(colorize_train_ids(mask), interpolation="nearest")
+        for ax in axes[row]:
+            ax.set_axis_off()
+    axes[0, 0].set_title("image", fontsize=9)
+    axes[0, 1].set_title("train ids", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+
+
+def plot_overlays(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    """One row per example: image (H, W, 3) | ground truth (H, W) | prediction (H, W) trainIds."""
+    if not rows:
+        return
+    h, w = rows[0][0].shape[:2]
+    fig = _figure(3 * 2.0 * w / h + 0.2, 2.0 * len(rows) + 0.4)
+    axes = fig.subplots(len(rows), 3, squeeze=False)
+    for r, (image, truth, prediction) in enumerate(rows):
+        axes[r, 0].imshow(image)
+        axes[r, 1].imshow(colorize_train_ids(truth), interpolation="nearest")
+        axes[r, 2].imshow(colorize_train_ids(prediction), interpolation="nearest")
+        for ax in axes[r]:
+            ax.set_axis_off()
+    for ax, name in zip(axes[0], ("image", "ground truth", "prediction")):
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_confusion(conf: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    """(K, K) counts, rows = ground truth -> row-normalised heatmap; absent classes are dropped."""
+    conf = np.asarray(conf, dtype=np.float64)
+    keep = (conf.sum(1) > 0) | (conf.sum(0) > 0)
+    conf = conf[keep][:, keep]
+    names = [n for n, k in zip(names, keep) if k]
+    normalised = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    fig = _figure(0.45 * len(names) + 2.5, 0.45 * len(names) + 1.5)
+    ax = fig.subplots()
+    im = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if normalised[i, j] >= 0.01:
+                ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if normalised[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _mark(ax, pixel: int, width: int, colour: str = "red") -> None:
+    ax.plot(pixel % width, pixel // width, marker="o", markersize=9, markerfacecolor="none",
+            markeredgecolor=colour, markeredgewidth=2)
+    ax.plot(pixel % width, pixel // width, marker="+", markersize=5, color=colour)
+
+
+def plot_retrieval(query_image: np.ndarray, query_pixel: int, query_name: str,
+                   retrieved: list[tuple[np.ndarray, int, str, float]], heatmap: np.ndarray, path: Path) -> None:
+    """Query image with its pixel marked | top retrieved pixels on their images | similarity
+    of the query to every pixel of the top-1 image (H, W)."""
+    h, w = query_image.shape[:2]
+    shown = retrieved[:4]
+    fig = _figure(2.6 * w / h * 3 + 0.5, 2.2 * 2 + 0.6)
+    axes = fig.subplots(2, 3, squeeze=False)
+    axes[0, 0].imshow(query_image)
+    _mark(axes[0, 0], query_pixel, w)
+    axes[0, 0].set_title(f"query: {query_name}", fontsize=9)
+    slots = [axes[0, 1], axes[0, 2], axes[1, 0], axes[1, 1]]
+    for rank, (ax, (image, pixel, name, score)) in enumerate(zip(slots, shown), start=1):
+        ax.imshow(image)
+        _mark(ax, pixel, image.shape[1], "lime" if name == query_name else "red")
+        ax.set_title(f"#{rank}: {name} (cos {score:.2f})", fontsize=9)
+    im = axes[1, 2].imshow(heatmap, cmap="magma", vmin=-1, vmax=1)
+    axes[1, 2].set_title("similarity to the #1 image", fontsize=9)
+    fig.colorbar(im, ax=axes[1, 2], fraction=0.046)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_pairs(image: np.ndarray, boxes: list[tuple[float, float, float, float]], views: list[np.ndarray],
+               pixels1: list[tuple[float, float]], pixels2: list[tuple[float, float]], path: Path) -> None:
+    """The original image (H, W, 3) with both view boxes, and the two views with their paired
+    pixels joined by lines: matching places, whatever the crop, scale and flip."""
+    from matplotlib.patches import ConnectionPatch, Rectangle
+
+    h, w = image.shape[:2]
+    fig = _figure(12, 3.6)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [w / h, 1.6, 1.6]})
+    axes[0].imshow(image)
+    for (top, left, bottom, right), colour in zip(boxes, ("orange", "cyan")):
+        x0, x1 = sorted((left * w, right * w))
+        axes[0].add_patch(Rectangle((x0, top * h), x1 - x0, (bottom - top) * h, fill=False, edgecolor=colour,
+                                    linewidth=2))
+    axes[0].set_title("image: view 1 (orange), view 2 (cyan)", fontsize=9)
+    for ax, view, name in zip(axes[1:], views, ("view 1", "view 2 (may be flipped)")):
+        ax.imshow(view)
+        ax.set_title(name, fontsize=9)
+    colours = np.random.default_rng(0).uniform(0.2, 1.0, size=(len(pixels1), 3))
+    for (r1, c1), (r2, c2), colour in zip(pixels1, pixels2, colours):
+        axes[1].plot(c1, r1, "o", color=colour, markersize=3)
+        axes[2].plot(c2, r2, "o", color=colour, markersize=3)
+        fig.add_artist(ConnectionPatch((c1, r1), (c2, r2), "data", "data", axesA=axes[1], axesB=axes[2],
+                                       color=colour, linewidth=0.6, alpha=0.7))
+    for ax in axes:
+        ax.set_axis_off()
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,30 @@
+"""`pixpro extract`: frozen backbone features of sampled labelled train pixels -> a bank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pixpro.checkpoint import save_checkpoint
+from pixpro.features import extract_bank, load_frozen_backbone, split_rows
+from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console,
+                            inference_device, load, user_errors)
+
+
+@user_errors("extract")
+def main(
+    backbone: str = BACKBONE_OPTION,
+    params: Path = PARAMS_OPTION,
+    data: Path = DATA_OPTION,
+    checkpoint: Path = CHECKPOINT_OPTION,
+    out: Path = typer.Option(..., help="Feature bank file to write (features/<backbone>/bank.pt)."),
+) -> None:
+    """Sample extract.pixels_per_image class-balanced labelled pixels per train image and store
+    their L2-normalised features (float16) with labels."""
+    cfg = load(params)
+    device = inference_device()
+    model = load_frozen_backbone(backbone, cfg, checkpoint).to(device)
+    bank = extract_bank(model, split_rows(data, "train"), cfg.extract, cfg.seed, device)
+    save_checkpoint(out, bank.to_dict())
+    err_console.print(f"{backbone}: {len(bank.labels)} pixels x {bank.features.shape[1]} dims -> {out}")

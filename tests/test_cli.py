@@ -1,0 +1,93 @@
+"""The `pixpro` console script and the DVC pipeline wiring of the prepare stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from conftest import REPO, VENV_BIN, tiny_params
+from stages.cli import app
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1", **extra}
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def test_help_describes_the_commands():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "PixPro dense self-supervised pretraining" in result.output
+    for command in ("prepare", "synthesize", "pretrain"):
+        assert command in result.output
+
+
+def test_prepare_help_describes_itself():
+    result = CliRunner().invoke(app, ["prepare", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())  # Rich wraps the help text; compare word by word
+    assert "Resize images, convert labelIds to the 19 train ids and write the manifest" in text
+    for option in ("--params", "--out", "--metrics", "--plots"):
+        assert option in text
+
+
+def test_console_script_points_at_the_typer_app():
+    # The installed `pixpro` runs stages.cli:app (the real script also runs in the dvc test
+    # below and in test_prepare's subprocess test; a third torch-importing process is not worth it).
+    (script,) = entry_points(group="console_scripts", name="pixpro")
+    assert script.value == "stages.cli:app"
+    assert (VENV_BIN / "pixpro").is_file()
+
+
+def _copy_repo(dest: Path) -> None:
+    """The working tree as git sees it: tracked files plus untracked files that are not ignored."""
+    listed = []
+    for extra in ([], ["--others", "--exclude-standard"]):
+        out = subprocess.run(["git", "ls-files", "-z", *extra], cwd=REPO, capture_output=True,
+                             check=True, timeout=30).stdout.decode()
+        listed += [name for name in out.split("\0") if name]
+    for name in listed:
+        src = REPO / name
+        if src.is_file():  # tracked but deleted in the working tree: skip
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def test_dvc_repro_prepare_in_a_copy_of_the_repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _copy_repo(repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    git = ["git", "-c", "user.name=pixpro-tests", "-c", "user.email=tests@example.invalid",
+           "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]
+    _run([*git, "init", "-q"], cwd=repo)
+    _run([*git, "add", "-A"], cwd=repo)
+    _run([*git, "commit", "-q", "-m", "copy for the test"], cwd=repo)
+
+    # PYTHONPATH: the stage runs this copy's code, not the editable install's
+    env = {"PYTHONPATH": str(repo)}
+    _run(["dvc", "repro", "prepare"], cwd=repo, timeout=240, **env)
+
+    manifest = (repo / "data" / "prepared" / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == "split,city,stem,image,mask" and len(manifest) == 1 + 4 + 2
+    assert all(",data/prepared/" in line for line in manifest[1:])
+    metrics = json.loads((repo / "metrics" / "prepare.json").read_text())
+    assert metrics["train"]["images"] == 4 and metrics["val"]["images"] == 2
+    assert (repo / "plots" / "prepare" / "class_frequency_train.csv").is_file()
+    assert (repo / "dvc.lock").is_file()
+
+    status = _run(["dvc", "status", "--json", "prepare"], cwd=repo, timeout=120, **env)
+    assert json.loads(status.stdout or "{}") == {}, status.stdout

@@ -1,0 +1,200 @@
+"""The pretraining loop: resume, config checks, divergence, DDP, schedules, optimisers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pixpro import train as train_module
+from pixpro.config import params_from_dict
+from pixpro.data.prepare import run_prepare
+from pixpro.errors import ConfigError, TrainingDiverged
+from pixpro.model.pixpro import PixPro
+from pixpro.schedules import momentum_schedule, warmup_cosine
+from tests.conftest import tiny_params
+
+TINY_PRETRAIN = {
+    "pretrain.epochs": 2,
+    "pretrain.batch_size": 2,
+    "pretrain.workers": 0,
+    "pretrain.log_every": 1,
+    "pretrain.checkpoint_every": 100,
+    "pretrain.backbone.arch": "unet",
+    "pretrain.backbone.widths": [4, 8],
+    "pretrain.backbone.dim": 8,
+    "pretrain.views.size": [16, 32],
+    "pretrain.pairs.candidates": 64,
+    "pretrain.pairs.neighbours": 2,
+    "pretrain.pairs.num": 32,
+    "pretrain.ppm.window": 3,
+    "pretrain.projector.hidden": 16,
+    "pretrain.projector.out": 8,
+}
+
+
+def make_params(**overrides):
+    return params_from_dict(tiny_params({**TINY_PRETRAIN, **overrides}))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepared")
+    params = make_params()
+    run_prepare(params, root / "data", root / "metrics.json", root / "plots")
+    return root / "data"
+
+
+def run(params, prepared, folder, **kwargs):
+    logs: list[str] = []
+    result = train_module.pretrain(params, prepared, folder / "backbone.pt", folder / "ckpt", folder / "live",
+                                   log=logs.append, **kwargs)
+    return result, logs
+
+
+def backbone_state(folder):
+    return torch.load(folder / "backbone.pt", weights_only=False)["backbone"]
+
+
+def test_schedules_are_precomputed_with_the_right_shape():
+    lr = warmup_cosine(1.0, 0.01, total_steps=10, warmup_steps=3)
+    assert len(lr) == 10
+    assert lr[0] == 0.0 and lr[3] == pytest.approx(1.0) and lr[-1] == pytest.approx(0.01)
+    assert np.all(np.diff(lr[3:]) <= 0)
+    momentum = momentum_schedule(0.99, 5)
+    assert momentum[0] == pytest.approx(0.99) and momentum[-1] == pytest.approx(1.0)
+
+
+def test_pretrain_writes_a_rebuildable_backbone(prepared, tmp_path):
+    result, _ = run(make_params(), prepared, tmp_path)
+    assert result.completed and result.steps == 4  # 4 train images, batch 2, 2 epochs
+    saved = torch.load(tmp_path / "backbone.pt", weights_only=False)
+    assert saved["backbone_config"]["widths"] == [4, 8]
+    assert saved["step"] == 4 and saved["git"]
+    assert (tmp_path / "live" / "metrics.json").is_file()
+
+
+def test_resume_after_interruption_is_bit_exact(prepared, tmp_path):
+    params = make_params()
+    run(params, prepared, tmp_path / "straight")
+    first, _ = run(params, prepared, tmp_path / "resumed", stop_after=3)
+    assert not first.completed and not (tmp_path / "resumed" / "backbone.pt").exists()
+    second, logs = run(params, prepared, tmp_path / "resumed")
+    assert second.resumed_from == 3
+    assert any("resuming" in line and "step 3" in line for line in logs)
+    expected, actual = backbone_state(tmp_path / "straight"), backbone_state(tmp_path / "resumed")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def test_checkpoint_from_other_params_is_not_resumed(prepared, tmp_path):
+    run(make_params(), prepared, tmp_path, stop_after=1)
+    result, logs = run(make_params(**{"pretrain.ppm.gamma": 1.0}), prepared, tmp_path)
+    assert result.resumed_from is None
+    assert any("pretrain.ppm.gamma" in line for line in logs)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path, monkeypatch):
+    params = make_params(**{"pretrain.checkpoint_every": 1, "pretrain.log_every": 1})
+    real_step = train_module.train_step
+
+    def poisoned(*args, **kwargs):
+        loss, count = real_step(*args, **kwargs)
+        step = args[3]
+        return (loss * float("nan") if step == 2 else loss), count
+
+    monkeypatch.setattr(train_module, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged, match="at step 3"):
+        run(params, prepared, tmp_path)
+    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_wrong_process_count_is_a_clear_error(prepared, tmp_path):
+    with pytest.raises(ConfigError, match="pretrain.nproc = 2"):
+        run(make_params(**{"pretrain.nproc": 2}), prepared, tmp_path)
+
+
+def test_batch_larger_than_dataset_is_a_clear_error(prepared, tmp_path):
+    with pytest.raises(ConfigError, match="exceeds the 4 pretraining images"):
+        run(make_params(**{"pretrain.batch_size": 8}), prepared, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd", "adamw"])
+def test_each_optimiser_trains(prepared, tmp_path, name):
+    result, _ = run(make_params(**{"pretrain.optim.name": name, "pretrain.epochs": 1}), prepared, tmp_path)
+    assert result.completed and np.isfinite(result.final_loss)
+
+
+# --- DDP: 2 gloo processes at the same global batch agree with 1 process ---------------------
+
+# CPU DDP keeps per-rank BatchNorm statistics (SyncBatchNorm needs CUDA). To compare the runs
+# exactly, every train image is the same picture, colour augmentation is off and the views are
+# the full image: per-rank BN statistics then equal the global ones, every pixel pairs with
+# itself, and any difference comes from DDP itself (sharding, gradient averaging, lr scaling).
+DDP_OVERRIDES = {
+    "pretrain.batch_size": 4,
+    "pretrain.optim.name": "sgd",
+    "pretrain.optim.base_lr": 5.0,
+    "pretrain.epochs": 2,
+    "pretrain.views.scale": [1.0, 1.0],
+    "pretrain.views.ratio": [2.0, 2.0],
+    "pretrain.views.flip": 0.0,
+    "pretrain.views.jitter_p": 0.0,
+    "pretrain.views.grayscale_p": 0.0,
+    "pretrain.views.blur_p": [0.0, 0.0],
+    "pretrain.views.solarize_p": [0.0, 0.0],
+    "pretrain.pairs.candidates": 512,
+    "pretrain.pairs.neighbours": 1,
+    "pretrain.pairs.num": 512,
+}
+
+
+@pytest.fixture(scope="module")
+def prepared_identical(prepared, tmp_path_factory):
+    folder = Path(shutil.copytree(prepared, tmp_path_factory.mktemp("identical") / "data"))
+    manifest = pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
+    train = manifest["split"] == "train"
+    manifest.loc[train, "image"] = manifest.loc[train, "image"].iloc[0]
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, prepared: str, folder: str, overrides: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    params = make_params(**overrides, **{"pretrain.nproc": world_size})
+    run(params, Path(prepared), Path(folder))
+
+
+def _update(folder, initial):
+    state = backbone_state(folder)
+    return torch.cat([(state[k] - initial[k]).flatten() for k in initial if initial[k].is_floating_point()])
+
+
+def test_ddp_two_processes_match_one(prepared_identical, tmp_path):
+    single = make_params(**DDP_OVERRIDES)
+    torch.manual_seed(single.seed)
+    initial = PixPro(single.pretrain).backbone.state_dict()
+    run(single, prepared_identical, tmp_path / "single")
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(prepared_identical), str(tmp_path / "ddp"),
+                                          DDP_OVERRIDES), nprocs=2, start_method="spawn")
+    expected, actual = _update(tmp_path / "single", initial), _update(tmp_path / "ddp", initial)
+    assert expected.norm() > 0.1
+    assert (actual - expected).norm() / expected.norm() < 1e-3
