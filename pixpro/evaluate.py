@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from pixpro.data.cityscapes import IMAGE_SUFFIX
 from pixpro.errors import DataError
 from pixpro.features import embed, labelled_batches
 from pixpro.metrics import ConfusionAccumulator, SegmentationScores

@@ -16,7 +16,7 @@ from pixpro.config import Params, load_params
 from pixpro.errors import PixproError
 
 F = TypeVar("F", bound=Callable)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="Parameters file (validated up front).")
 DATA_OPTION = typer.Option(Path("data/prepared"), "--data", help="Prepared dataset folder (from `pixpro prepare`).")

@@ -64,7 +64,7 @@ def test_local_equals_global_when_the_window_covers_the_map():
 def test_global_propagation_matches_a_loop():
     torch.manual_seed(0)
     centre, pixels, transformed = torch.randn(1, 3, 4), torch.randn(1, 6, 4), torch.randn(1, 6, 4)
-    y = global_propagation(centre, pixels, transformed, gamma=2.0)
+    y = global_propagation(F.normalize(centre, dim=-1), F.normalize(pixels, dim=-1), transformed, gamma=2.0)
     for i in range(3):
         s = F.cosine_similarity(centre[0, i][None], pixels[0], dim=-1).clamp(min=0) ** 2
         assert torch.allclose(y[0, i], (s[:, None] * transformed[0]).sum(0), atol=1e-6)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 
 class Projector(nn.Module):
@@ -34,31 +33,25 @@ def build_transform(dim: int, layers: int) -> nn.Module:
                          nn.Linear(dim, dim))
 
 
-def propagation_similarity(centre: Tensor, others: Tensor, gamma: float) -> Tensor:
-    """s(x_i, x_j) = max(cos(x_i, x_j), 0) ** gamma.
-
-    centre (..., D), others (..., K, D) -> (..., K).
-    """
-    cos = (F.normalize(others, dim=-1) @ F.normalize(centre, dim=-1).unsqueeze(-1)).squeeze(-1)
-    return cos.clamp(min=0).pow(gamma)
-
-
 def local_propagation(centre: Tensor, window: Tensor, window_transformed: Tensor, inside: Tensor,
                       gamma: float) -> Tensor:
-    """y_i = sum_j s(x_i, x_j) g(x_j) over each pixel's window.
+    """y_i = sum_j s(x_i, x_j) g(x_j), s = max(cos, 0) ** gamma, over each pixel's window.
 
-    centre (N, D); window, window_transformed (N, K, D); inside (N, K) bool masks positions
-    clipped at the border. Returns (N, D). Cost O(N K D).
+    centre (N, D) and window (N, K, D) must be unit length (cos is then a dot product, and the
+    caller normalises each distinct pixel once instead of every window copy);
+    window_transformed (N, K, D) holds g(x_j); inside (N, K) bool masks positions clipped at the
+    border. Returns (N, D). Cost O(N K D).
     """
-    weights = propagation_similarity(centre, window, gamma) * inside  # (N, K)
+    cos = (window @ centre.unsqueeze(-1)).squeeze(-1)  # (N, K)
+    weights = cos.clamp(min=0).pow(gamma) * inside
     return (weights.unsqueeze(1) @ window_transformed).squeeze(1)  # (N, 1, K) @ (N, K, D)
 
 
 def global_propagation(centre: Tensor, pixels: Tensor, pixels_transformed: Tensor, gamma: float) -> Tensor:
     """The original PixPro PPM over the whole map, evaluated at the pair pixels only.
 
-    centre (B, P, D); pixels, pixels_transformed (B, HW, D) -> (B, P, D). Cost O(B P HW D):
-    feasible for small maps only (ablations and tests).
+    centre (B, P, D) and pixels (B, HW, D) unit length; pixels_transformed (B, HW, D) ->
+    (B, P, D). Cost O(B P HW D): feasible for small maps only (ablations and tests).
     """
-    cos = F.normalize(centre, dim=-1) @ F.normalize(pixels, dim=-1).transpose(1, 2)  # (B, P, HW)
+    cos = centre @ pixels.transpose(1, 2)  # (B, P, HW)
     return cos.clamp(min=0).pow(gamma) @ pixels_transformed

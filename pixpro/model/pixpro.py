@@ -6,6 +6,7 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from pixpro.config import PretrainConfig
 from pixpro.geometry import PixelPairs, window_indices
@@ -64,8 +65,9 @@ class PixPro(nn.Module):
             pixels = features.flatten(2).transpose(1, 2)  # (B, hw, C)
             projected = self.projector(pixels.flatten(0, 1)).view(batch, height * width, -1)
             transformed = self.transform(projected.flatten(0, 1)).view_as(projected)
-            centre = projected.gather(1, index[..., None].expand(-1, -1, projected.shape[-1]))
-            return global_propagation(centre, projected, transformed, self.gamma)
+            unit = F.normalize(projected, dim=-1)
+            centre = unit.gather(1, index[..., None].expand(-1, -1, unit.shape[-1]))  # (B, P, D)
+            return global_propagation(centre, unit, transformed, self.gamma)
 
         window_index, inside = window_indices(index, (height, width), self.window)  # (B, P, K)
         # Neighbouring windows overlap: project each needed pixel once.
@@ -75,10 +77,11 @@ class PixPro(nn.Module):
         pixels = flat[needed // (height * width), :, needed % (height * width)]  # (U, C)
         projected = self.projector(pixels)  # (U, D)
         transformed = self.transform(projected)
-        window = projected[inverse]  # (B, P, K, D)
+        unit = F.normalize(projected, dim=-1)  # once per distinct pixel, not per window copy
+        window = unit[inverse]  # (B, P, K, D)
         window_t = transformed[inverse]
         centre_slot = (self.window // 2) * self.window + self.window // 2
-        centre = window[:, :, centre_slot]  # (B, P, D)
+        centre = unit[inverse[:, :, centre_slot]]  # (B, P, D)
         out = local_propagation(centre.flatten(0, 1), window.flatten(0, 1), window_t.flatten(0, 1),
                                 inside.flatten(0, 1), self.gamma)  # (B*P, D)
         return out.view(batch, index.shape[1], -1)
