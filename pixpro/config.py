@@ -155,7 +155,7 @@ class ProjectorConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["lars", "sgd", "adamw"] = "adamw"
-    base_lr: float = 0.004
+    base_lr: float = 0.032
     weight_decay: float = 0.01
     momentum: float = 0.9
     warmup_epochs: float = 1.0
@@ -173,7 +173,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 16
     momentum: float = 0.99
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

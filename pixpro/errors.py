@@ -27,3 +27,7 @@ class Interrupted(PixproError):
     """The user pressed Ctrl-C; state was saved and the message says how to resume."""
 
     exit_code = 130
+
+
+class DistributedFailure(PixproError):
+    """A DDP peer died or timed out; the last checkpoint is intact."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from pixpro.errors import DataError
+from pixpro.errors import DataError, PixproError
 from pixpro.features import embed, labelled_batches
 from pixpro.metrics import ConfusionAccumulator, SegmentationScores
 
@@ -38,6 +38,13 @@ def predict(backbone: nn.Module, probe: nn.Linear, images: Tensor) -> Tensor:
     return logits.argmax(1)
 
 
+def save_prediction(array: np.ndarray, path: Path) -> None:
+    try:
+        Image.fromarray(array).save(path, compress_level=1)
+    except OSError as err:
+        raise PixproError(f"could not write {path}: {err.strerror or err}") from None
+
+
 def check_same_size(prediction: Tensor, mask: Tensor, name: str) -> None:
     if prediction.shape != mask.shape:
         raise DataError(f"prediction for {name} is {tuple(prediction.shape[-2:])} but its label is "
@@ -54,6 +61,8 @@ def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFr
     kept: list[Overlay] = []
     probe = probe.to(device)
     # PNG encoding runs in threads (it releases the GIL) so it overlaps the next forward pass.
+    # Each write's future is checked: a failed write (disk full) must fail the stage.
+    pending: list[Future] = []
     with ThreadPoolExecutor(max_workers=2) as writer:
         for batch in labelled_batches(rows, batch_size, description="evaluate"):
             prediction = predict(backbone, probe, batch.image.to(device)).cpu()  # (B, H, W)
@@ -63,10 +72,12 @@ def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFr
             for b, index in enumerate(batch.index):
                 image_path = Path(rows.iloc[index]["image"])
                 array = prediction[b].numpy().astype(np.uint8)
-                writer.submit(Image.fromarray(array).save, predictions_dir / image_path.name, compress_level=1)
+                pending.append(writer.submit(save_prediction, array, predictions_dir / image_path.name))
                 if len(kept) < overlays:
                     kept.append(Overlay(np.asarray(Image.open(image_path).convert("RGB")),
                                         batch.mask[b].numpy().astype(np.uint8), array))
+        for future in pending:
+            future.result()  # re-raises a failed write
     return Evaluation(accumulator.scores(), accumulator.conf, kept)
 
 

@@ -165,9 +165,14 @@ def extract_bank(backbone: nn.Module, rows: pd.DataFrame, cfg: ExtractConfig, se
     return FeatureBank(features, labels, image_index, pixel_index)
 
 
-def load_bank(path: Path) -> FeatureBank:
+def load_bank(path: Path, feature_dim: int | None = None) -> FeatureBank:
+    """The bank at `path`; with feature_dim, also check it matches the backbone's features."""
     state = load_checkpoint(path, "extract")
     try:
-        return FeatureBank(**state)
+        bank = FeatureBank(**state)
     except TypeError:
         raise CheckpointError(f"{path} is not a feature bank; rerun `dvc repro extract`") from None
+    if feature_dim is not None and bank.features.shape[1] != feature_dim:
+        raise CheckpointError(f"{path} holds {bank.features.shape[1]}-dim features but the backbone gives "
+                              f"{feature_dim}; rerun `dvc repro extract`")
+    return bank

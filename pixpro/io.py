@@ -28,7 +28,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise PixproError(f"could not write {path}: {err.strerror or err}; the previous version is intact") from None
+        kept = "the previous version is intact" if path.exists() else "nothing was written"
+        raise PixproError(f"could not write {path}: {err.strerror or err}; {kept}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

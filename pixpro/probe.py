@@ -54,8 +54,12 @@ def fit_probe(features: Tensor, labels: Tensor, num_classes: int, cfg: ProbeConf
         return loss
 
     optimizer.step(objective)
-    iterations = int(optimizer.state[probe.weight].get("n_iter", 0))
-    return ProbeFit(probe, curve, converged=iterations < cfg.max_iter)
+    state = optimizer.state[probe.weight]
+    # L-BFGS also stops at max_eval (1.25 x max_iter) evaluations, before max_iter iterations:
+    # that is running out of budget too, not convergence.
+    out_of_budget = (int(state.get("n_iter", 0)) >= cfg.max_iter
+                     or int(state.get("func_evals", 0)) >= optimizer.defaults["max_eval"])
+    return ProbeFit(probe, curve, converged=not out_of_budget)
 
 
 def probe_state(fit: ProbeFit) -> dict:

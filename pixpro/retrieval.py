@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from pixpro.config import RetrievalConfig
 from pixpro.data.cityscapes import IGNORE, NUM_CLASSES
 from pixpro.data.views import load_image_tensor, normalize
+from pixpro.errors import ConfigError
 from pixpro.features import FeatureBank, embed, labelled_batches
 from pixpro.metrics import ConfusionAccumulator, SegmentationScores, knn_vote, precision_at_k, topk_cosine
 
@@ -54,6 +55,11 @@ def stratified_queries(masks: list[np.ndarray], count: int, generator: torch.Gen
 @torch.no_grad()
 def run_retrieval(backbone: nn.Module, bank: FeatureBank, val_rows: pd.DataFrame, train_rows: pd.DataFrame,
                   cfg: RetrievalConfig, seed: int, device: torch.device, batch_size: int) -> RetrievalResult:
+    if len(bank.labels) < max(cfg.k, cfg.knn_k):
+        # topk_cosine would fail with a bare ValueError; say which parameters to change.
+        raise ConfigError(f"retrieval.k = {cfg.k} and retrieval.knn_k = {cfg.knn_k} need that many gallery "
+                          f"pixels but the feature bank holds {len(bank.labels)} pixels; raise "
+                          f"extract.pixels_per_image or lower retrieval.k / retrieval.knn_k")
     generator = torch.Generator().manual_seed(seed)
     masks = [np.asarray(Image.open(p)) for p in val_rows["mask"]]
     query_image, query_pixel = stratified_queries(masks, cfg.queries, generator)

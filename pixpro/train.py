@@ -22,7 +22,7 @@ from pixpro.checkpoint import first_difference, git_revision, load_checkpoint, l
 from pixpro.config import Params, PretrainConfig, to_dict
 from pixpro.data.prepare import load_manifest
 from pixpro.data.views import TwoViewDataset, ViewPair, collate_view_pairs
-from pixpro.errors import ConfigError, DataError, Interrupted, TrainingDiverged
+from pixpro.errors import ConfigError, DataError, DistributedFailure, Interrupted, TrainingDiverged
 from pixpro.geometry import sample_positive_pairs
 from pixpro.model.pixpro import PixPro
 from pixpro.optim import build_optimizer
@@ -281,7 +281,7 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
                 "config": identity, "git": git_revision(), "world_size": runtime.world_size,
             })
 
-    live = open_live(live_dir, resume=resumed_from is not None) if runtime.is_main else None
+    live = open_live(live_dir, resumed_from) if runtime.is_main else None
     step_log = StepLog()
     stats: dict[str, float] = {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp)
@@ -318,6 +318,13 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
             save_checkpoint(output, export_backbone(unwrap(model), params, step))
             log(f"wrote {output} after {step} steps")
         return PretrainResult(step, resumed_from, stats.get("loss"), completed=True)
+    except (RuntimeError, dist.DistBackendError) as err:
+        if not runtime.distributed:
+            raise
+        # A peer died or stopped answering: gloo/NCCL report it as a RuntimeError.
+        raise DistributedFailure(f"rank {runtime.rank}: a DDP peer failed or timed out near step {step + 1} "
+                                 f"({str(err).splitlines()[0][:120]}); rerun to resume from the last "
+                                 f"checkpoint in {checkpoint_path.parent}") from None
     finally:
         if live is not None:
             live.end()
@@ -378,11 +385,18 @@ def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def open_live(live_dir: Path, resume: bool):
+def open_live(live_dir: Path, resume_step: Optional[int]):
+    """dvclive logger; when resuming, rows logged after the checkpoint (by the run that was
+    killed) are dropped so the curves have one value per step."""
     from dvclive import Live
 
+    if resume_step is not None:
+        for table in Path(live_dir, "plots", "metrics").rglob("*.tsv"):
+            lines = table.read_text().splitlines()
+            kept = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[0]) <= resume_step]
+            table.write_text("\n".join(kept) + "\n")
     # dvc.yaml declares dvclive's outputs itself, so dvclive must not edit it.
-    return Live(str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
+    return Live(str(live_dir), resume=resume_step is not None, dvcyaml=None, save_dvc_exp=False, report=None)
 
 
 def log_stats(live, step: int, stats: dict[str, float]) -> None:

@@ -32,7 +32,8 @@ def main(
     cfg = load(params)
     device = inference_device()
     model = load_frozen_backbone(backbone, cfg, checkpoint).to(device)
-    result = run_retrieval(model, load_bank(bank), split_rows(data, "val"), split_rows(data, "train"),
+    result = run_retrieval(model, load_bank(bank, cfg.pretrain.backbone.dim), split_rows(data, "val"),
+                           split_rows(data, "train"),
                            cfg.retrieval, cfg.seed, device, cfg.evaluate.batch_size)
     names = train_class_names()
     for i, example in enumerate(result.examples):

@@ -91,6 +91,9 @@ def test_resume_after_interruption_is_bit_exact(prepared, tmp_path):
     assert any("resuming" in line and "step 3" in line for line in logs)
     expected, actual = backbone_state(tmp_path / "straight"), backbone_state(tmp_path / "resumed")
     assert expected.keys() == actual.keys()
+    logged = (tmp_path / "resumed" / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
+    steps = [int(line.split("\t")[0]) for line in logged.splitlines()[1:]]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # one row per step across the resume
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
 

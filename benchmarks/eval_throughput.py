@@ -1,0 +1,182 @@
+"""Val images per second through the evaluate stage's work vs a bare backbone forward.
+
+Evaluate = `pixpro.evaluate.evaluate_segmentation` exactly as `pixpro evaluate` calls it: PNG
+loading and normalisation (DataLoader, batch evaluate.batch_size), backbone, L2-normalise,
+linear probe (a random nn.Linear(dim, 19) here: its weights do not change the work), argmax,
+dataset confusion matrix, trainId PNGs written to a temporary folder, evaluate.overlays
+overlays kept. The backbone is the stage's `random` one (load_frozen_backbone: eval mode,
+frozen), on the device the stage would use.
+
+Bare = `backbone(images)` under no_grad on the same images, already normalised and on the
+device, in batches of the same size.
+
+Images: the val split of data/prepared when its manifest exists, else a small synthetic set
+made with pixpro.data.prepare.run_prepare in a temporary folder. Runs are interleaved
+(evaluate, bare, evaluate, bare, ...) after one warm-up of each; medians. A breakdown times
+the evaluate path's parts alone: loading (iterating labelled_batches), predict() on preloaded
+images (backbone + normalise + probe + argmax + copy to host), the confusion update, and PNG
+encoding of the predictions.
+
+Last line: `ratio <median>` = the median over repetitions of evaluate time / bare time, each
+evaluate run paired with the bare run right after it (robust to the load drifting on a shared
+machine); the ratio of the medians is printed above it (goal <= 1.15).
+
+    .venv/bin/python benchmarks/eval_throughput.py [--images 16] [--repeats 5] [--batch N]
+        [--device auto|cpu|cuda] [--data data/prepared]
+    # GPU: --device cuda --images 0 --repeats 10   (0 = every val image)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from pixpro.config import load_params, params_from_dict
+from pixpro.data.cityscapes import NUM_CLASSES
+from pixpro.data.prepare import run_prepare
+from pixpro.evaluate import evaluate_segmentation, predict
+from pixpro.features import labelled_batches, load_frozen_backbone, split_rows
+from pixpro.metrics import ConfusionAccumulator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def synthetic_rows(tmp: Path):
+    """A tiny prepared dataset (synthetic scenes at the default prepared size)."""
+    params = params_from_dict({"data": {"size": [128, 256], "workers": 1,
+                                        "synthetic": {"train": 2, "val": 16, "cities": 1, "raw_size": [256, 512]}}})
+    run_prepare(params, tmp / "prepared", tmp / "prepare.json", tmp / "plots")
+    return split_rows(tmp / "prepared", "val")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=16, help="val images used (0 = all)")
+    parser.add_argument("--batch", type=int, default=0, help="batch size (0 = params.yaml evaluate.batch_size)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--data", default=str(ROOT / "data/prepared"))
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    args = parser.parse_args()
+
+    import os
+
+    os.chdir(ROOT)  # manifest paths are relative to the repository root
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    params = load_params(args.params)
+    batch_size = args.batch or params.evaluate.batch_size
+    overlays = params.evaluate.overlays
+
+    with tempfile.TemporaryDirectory(prefix="eval_throughput_") as tmp_name:
+        tmp = Path(tmp_name)
+        if (Path(args.data) / "manifest.csv").is_file():
+            rows = split_rows(Path(args.data), "val")
+            source = f"{args.data} (val)"
+        else:
+            rows = synthetic_rows(tmp)
+            source = "synthetic set made by run_prepare (data/prepared has no manifest)"
+        if args.images:
+            rows = rows.iloc[:args.images].reset_index(drop=True)
+        n = len(rows)
+
+        backbone = load_frozen_backbone("random", params, ROOT / "models/backbone.pt").to(device)
+        torch.manual_seed(1)
+        probe = nn.Linear(params.pretrain.backbone.dim, NUM_CLASSES)
+        batches = list(labelled_batches(rows, batch_size))
+        images = [b.image.to(device) for b in batches]
+        size = tuple(images[0].shape[-2:])
+        predictions_dir = tmp / "predictions"
+
+        def evaluate():
+            evaluate_segmentation(backbone, probe, rows, batch_size, device, predictions_dir, overlays)
+
+        @torch.no_grad()
+        def bare():
+            for x in images:
+                backbone(x)
+
+        # Parts of the evaluate path, timed alone.
+        def load():
+            for _ in labelled_batches(rows, batch_size):
+                pass
+
+        predicted = []
+
+        @torch.no_grad()
+        def predict_only():
+            predicted.clear()
+            probe_d = probe.to(device)
+            for x in images:
+                predicted.append(predict(backbone, probe_d, x).cpu())
+
+        def confusion():
+            acc = ConfusionAccumulator()
+            for p, b in zip(predicted, batches):
+                acc.update(p, b.mask)
+
+        def encode_png():
+            for p in predicted:
+                for array in p.numpy().astype(np.uint8):
+                    Image.fromarray(array).save(io.BytesIO(), format="png", compress_level=1)
+
+        parts = {"load + normalise": load, "predict (bare + head)": predict_only, "confusion update": confusion,
+                 "PNG encode (serial)": encode_png}
+
+        evaluate()
+        bare()
+        for fn in parts.values():
+            fn()
+        times = {"evaluate": [], "bare": []}
+        part_times = {name: [] for name in parts}
+        for _ in range(args.repeats):
+            times["evaluate"].append(timed(evaluate, device))
+            times["bare"].append(timed(bare, device))
+            for name, fn in parts.items():
+                part_times[name].append(timed(fn, device))
+
+    eval_s, bare_s = statistics.median(times["evaluate"]), statistics.median(times["bare"])
+    print(f"device {device}, threads {torch.get_num_threads()}, {n} val images {size[0]}x{size[1]} from {source}, "
+          f"batch {batch_size}, overlays {overlays}, backbone {params.pretrain.backbone.arch}/"
+          f"{params.pretrain.backbone.encoder}, repeats {args.repeats} (interleaved, medians)")
+    print(f"{'':26} {'median s':>9} {'images/s':>9} {'of bare':>8}   samples")
+    for name, label in (("evaluate", "evaluate_segmentation"), ("bare", "bare backbone forward")):
+        median = statistics.median(times[name])
+        print(f"{label:26} {median:9.3f} {n / median:9.2f} {median / bare_s:8.3f}   "
+              + " ".join(f"{t:.3f}" for t in times[name]))
+    paired = statistics.median(e / b for e, b in zip(times["evaluate"], times["bare"]))
+    print(f"{'ratio evaluate/bare':26} {paired:9.3f}   median of the paired ratios (each evaluate run / the bare "
+          f"run right after it); ratio of medians {eval_s / bare_s:.3f}")
+    print("evaluate's parts, timed alone (the PNG writes overlap the next batch in evaluate):")
+    for name, samples in part_times.items():
+        median = statistics.median(samples)
+        print(f"  {name:24} {median:9.3f} {'':9} {median / bare_s:8.3f}")
+    print(f"ratio {paired:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Cost of one full PixPro training step relative to the bare backbone work inside it.
+
+Full step = `pixpro.train.train_step` as the trainer calls it, with the views already in memory:
+pair sampling (sample_positive_pairs on crop boxes drawn as TwoViewDataset draws them), PixPro
+forward (online backbone on both views, projector + PPM on the pairs' windows, target backbone +
+target projector on the pair pixels), loss, backward, AdamW step (the default optimiser) and the
+momentum update.
+
+Bare = the same backbone's work on the same inputs: one online forward + backward on the
+concatenated views (`.sum().backward()`) and one target forward of them under no_grad.
+
+Config: params.yaml's pretrain section with views.size set to each crop size and data.size to
+twice the crop (the source image the crops come from). Repetitions are interleaved (full, bare,
+full, bare, ...) after a warm-up, and medians are reported. Per size, a breakdown times the
+extra parts alone: pair sampling, the online head (propagate x2 + loss, forward + backward, on
+detached feature maps), the target projector on the pair pixels, the optimiser step and the
+momentum update; on CPU also `alt: fused optimizer step`, the same optimiser with fused=True
+(the trainer fuses on CUDA only), for comparison, not counted in the sum. `--profile` adds
+torch.profiler tables of the top ops (self time, grouped by input shape) of one full step and of
+the online head alone.
+
+On CUDA the model is channels_last and runs under bf16 autocast, as the trainer does, and every
+timing is bracketed by torch.cuda.synchronize.
+
+Last line: `ratio <median>`, the median over sizes of the per-size ratio, which is the median over
+repetitions of full step / bare step, each full step paired with the bare step timed right after
+it (robust to the load drifting on a shared machine); the ratio of the medians is printed too
+(goal <= 1.10). With the two default sizes the median is their mean.
+
+    .venv/bin/python benchmarks/step_cost.py [--batch 1] [--sizes 128x256 256x512] [--repeats 3]
+        [--device auto|cpu|cuda] [--threads N] [--profile]
+    # GPU-sized: --device cuda --batch 16 --sizes 256x512 512x1024 --repeats 10
+    # (batch 1 is the CPU default only to stay under 3 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torchvision.transforms import RandomResizedCrop
+
+from pixpro.config import load_params
+from pixpro.data.views import ViewPair, crop_box, overlap_fraction
+from pixpro.geometry import sample_positive_pairs
+from pixpro.losses import pixpro_pair_loss
+from pixpro.model.pixpro import PixPro, gather_pixels
+from pixpro.optim import build_optimizer
+from pixpro.train import train_step
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def draw_boxes(batch: int, image_size: tuple[int, int], views_cfg, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop boxes drawn as TwoViewDataset._draw_crops draws them (scale, ratio, flip, min_overlap)."""
+    torch.manual_seed(seed)
+    height, width = image_size
+    dummy = torch.empty(3, height, width)
+    boxes1, boxes2 = [], []
+    for _ in range(batch):
+        best, best_overlap = None, -1.0
+        for _ in range(views_cfg.max_tries):
+            pair = []
+            for _view in range(2):
+                i, j, h, w = RandomResizedCrop.get_params(dummy, list(views_cfg.scale), list(views_cfg.ratio))
+                pair.append(crop_box(i, j, h, w, height, width, bool(torch.rand(()) < views_cfg.flip)))
+            overlap = overlap_fraction(*pair)
+            if overlap > best_overlap:
+                best, best_overlap = pair, overlap
+            if overlap >= views_cfg.min_overlap:
+                break
+        boxes1.append(best[0])
+        boxes2.append(best[1])
+    return torch.stack(boxes1), torch.stack(boxes2)
+
+
+def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
+    """Time full vs bare steps at one crop size; print its table. Returns the summary row."""
+    cuda = device.type == "cuda"
+    size = parse_size(size_text)
+    image_size = (2 * size[0], 2 * size[1])
+    params = dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, size=image_size),
+        pretrain=dataclasses.replace(base.pretrain, batch_size=args.batch,
+                                     views=dataclasses.replace(base.pretrain.views, size=size)))
+    cfg = params.pretrain
+    torch.manual_seed(0)
+    model = PixPro(cfg).to(device)
+    memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
+    if cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = build_optimizer(model, cfg.optim, cfg.optim.base_lr * args.batch / 256,
+                                fused=cuda and cfg.optim.name != "lars")
+    amp = cuda and cfg.amp
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+
+    box1, box2 = draw_boxes(args.batch, image_size, cfg.views, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    view1 = torch.randn(args.batch, 3, *size, generator=gen).to(device, memory_format=memory_format)
+    view2 = torch.randn(args.batch, 3, *size, generator=gen).to(device, memory_format=memory_format)
+    batch = ViewPair(view1, view2, box1, box2, torch.ones(args.batch, dtype=torch.bool))
+    step_counter = [0]
+
+    def full():
+        train_step(model, optimizer, batch, step_counter[0], optimizer.param_groups[0]["lr"], 0.99, params,
+                   device, autocast(), image_size, 0)
+        step_counter[0] += 1
+
+    both = torch.cat([view1, view2])
+
+    def bare():
+        model.backbone.zero_grad(set_to_none=True)
+        with autocast():
+            out = model.backbone(both)
+        out.float().sum().backward()
+        with torch.no_grad(), autocast():
+            model.target_backbone(both)
+
+    # Parts of the extra work, timed alone.
+    def pairs_fn():
+        return sample_positive_pairs(box1.to(device), box2.to(device), size, size, image_size,
+                                     cfg.pairs.candidates, cfg.pairs.neighbours, cfg.pairs.num,
+                                     cfg.pairs.dist_thresh, torch.Generator(device=device).manual_seed(3))
+
+    pairs = pairs_fn()
+    with torch.no_grad(), autocast():
+        feats = model.backbone(both)
+        tfeats = model.target_backbone(both)
+    feats = feats.detach().requires_grad_(True)
+
+    target = torch.randn(args.batch, cfg.pairs.num, cfg.projector.out, device=device)
+
+    def head():
+        with autocast():
+            f1, f2 = feats.chunk(2)
+            o1 = model.propagate(f1, pairs.index1)
+            o2 = model.propagate(f2, pairs.index2)
+            t = target
+            loss = pixpro_pair_loss(o1.float(), t, o2.float(), t, pairs.valid)
+        loss.backward()
+        feats.grad = None
+
+    def target_head():
+        with torch.no_grad(), autocast():
+            t1, t2 = tfeats.chunk(2)
+            pixels = torch.cat([gather_pixels(t1, pairs.index1), gather_pixels(t2, pairs.index2)])
+            model.target_projector(pixels.flatten(0, 1)).float()
+
+    def optim_fn():
+        optimizer.step()
+
+    def momentum_fn():
+        model.momentum_update(0.99)
+
+    parts = {"pair sampling": pairs_fn, "online head fwd+bwd": head, "target projector": target_head,
+             "optimizer step": optim_fn, "momentum update": momentum_fn}
+    alternatives = {}
+    if not cuda and cfg.optim.name in ("adamw", "sgd"):
+        # What the trainer's optimiser would cost with fused=True on CPU too (torch >= 2.4).
+        fused_optimizer = build_optimizer(model, cfg.optim, cfg.optim.base_lr * args.batch / 256, fused=True)
+        alternatives["alt: fused optimizer step"] = fused_optimizer.step
+    parts.update(alternatives)
+
+    # warm-up
+    full()
+    bare()
+    for fn in parts.values():
+        fn()
+    times = {"full": [], "bare": []}
+    part_times = {name: [] for name in parts}
+    for _ in range(args.repeats):
+        times["full"].append(timed(full, device))
+        times["bare"].append(timed(bare, device))
+        for name, fn in parts.items():
+            part_times[name].append(timed(fn, device))
+    full_s, bare_s = statistics.median(times["full"]), statistics.median(times["bare"])
+    paired = statistics.median(f / b for f, b in zip(times["full"], times["bare"]))
+    ratio = full_s / bare_s
+    print(f"\n== crop {size_text} (source image {image_size[0]}x{image_size[1]}), batch {args.batch}, "
+          f"valid pairs {int(pairs.count.sum())}/{pairs.valid.numel()} ==")
+    print(f"{'':28} {'median s':>9} {'of bare':>8}   samples")
+    for name in ("full", "bare"):
+        print(f"{name + ' step':28} {statistics.median(times[name]):9.4f} "
+              f"{statistics.median(times[name]) / bare_s:8.3f}   "
+              + " ".join(f"{t:.3f}" for t in times[name]))
+    print(f"{'ratio full/bare':28} {paired:9.3f}   median of paired ratios (each full step / the bare step "
+          f"right after it); ratio of medians {ratio:.3f}")
+    print("breakdown of the extra work (timed alone):")
+    accounted = 0.0
+    for name, samples in part_times.items():
+        median = statistics.median(samples)
+        if name not in alternatives:
+            accounted += median
+        print(f"  {name:26} {median:9.4f} {median / bare_s:8.3f}")
+    print(f"  {'sum of parts (no alt)':26} {accounted:9.4f} {accounted / bare_s:8.3f}   "
+          f"(full - bare = {full_s - bare_s:.4f} s)")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        for name, fn in (("one full step", full), ("the online head alone (fwd+bwd)", head)):
+            with profile(activities=activities, record_shapes=True) as prof:
+                fn()
+                sync(device)
+            events = sorted(prof.key_averages(group_by_input_shape=True),
+                            key=lambda e: -getattr(e, key))[:15]
+            total = sum(getattr(e, key) for e in prof.key_averages())
+            print(f"torch.profiler, {name}: top ops by {key} (total {total / 1e6:.3f} s)")
+            for e in events:
+                shapes = str(e.input_shapes)[:70]
+                print(f"  {e.key:34} {getattr(e, key) / 1e3:9.1f} ms  x{e.count:<4d} {shapes}")
+    return size_text, full_s, bare_s, ratio, paired, int(pairs.count.sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1,
+                        help="images per step (B; the backbone sees 2B views). 1 keeps the CPU default "
+                             "under 3 minutes; the head, optimiser and backbone all scale ~linearly in B")
+    parser.add_argument("--sizes", nargs="+", default=["128x256", "256x512"], help="crop sizes HxW")
+    parser.add_argument("--repeats", type=int, default=3, help="timed full/bare pairs per size (after 1 warm-up)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0 = torch's default). On an oversubscribed CPU, 1 thread avoids "
+                             "OpenMP barriers waiting for a descheduled thread, which slow the many small ops "
+                             "of the head and the optimiser far more than the backbone's convolutions")
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops of a full step and of the online head")
+    args = parser.parse_args()
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    base = load_params(args.params)
+    print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"backbone {base.pretrain.backbone.arch}/{base.pretrain.backbone.encoder} dim {base.pretrain.backbone.dim}, "
+          f"pairs {base.pretrain.pairs.num}, ppm window {base.pretrain.ppm.window}, optim {base.pretrain.optim.name}, "
+          f"repeats {args.repeats} (interleaved, medians)")
+
+    rows = []
+    for size_text in args.sizes:
+        rows.append(measure_size(size_text, base, args, device))
+        if cuda:
+            torch.cuda.empty_cache()
+
+    print("\nsummary")
+    print(f"{'crop':>10} {'full s':>9} {'bare s':>9} {'paired ratio':>13} {'ratio of medians':>17} {'pairs':>6}")
+    for size_text, full_s, bare_s, ratio, paired, count in rows:
+        print(f"{size_text:>10} {full_s:9.4f} {bare_s:9.4f} {paired:13.3f} {ratio:17.3f} {count:6d}")
+    print(f"ratio {statistics.median(row[4] for row in rows):.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

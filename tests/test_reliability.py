@@ -1,0 +1,430 @@
+"""Reliability: determinism, disk-full writes, corrupt checkpoints, mismatched features, params
+validated before any work, a dying DDP peer, and the CLI's help texts."""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import pixpro.io
+from pixpro.checkpoint import save_checkpoint
+from pixpro.data.cityscapes import NUM_CLASSES
+from pixpro.errors import CheckpointError, PixproError
+from pixpro.evaluate import evaluate_segmentation
+from pixpro.features import extract_bank, load_frozen_backbone, split_rows
+from pixpro.io import atomic_write_json
+from pixpro.probe import fit_probe, probe_from_state
+from pixpro.retrieval import run_retrieval
+from pixpro.train import pretrain
+from stages.cli import app
+from tests.conftest import REPO, VENV_BIN, tiny_params
+from tests.test_evaluation import TINY_EVAL
+from tests.test_train import TINY_PRETRAIN, _free_port
+from tests.test_train import make_params as train_params
+
+CPU = torch.device("cpu")
+
+
+def make_params(**overrides):
+    return train_params(**{**TINY_EVAL, **overrides})
+
+
+def write_params(path: Path, **overrides) -> Path:
+    path.write_text(yaml.safe_dump(tiny_params({**TINY_PRETRAIN, **TINY_EVAL, **overrides}), sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from pixpro.data.prepare import run_prepare
+
+    root = tmp_path_factory.mktemp("reliability-prepared")
+    run_prepare(make_params(), root / "data", root / "metrics.json", root / "plots")
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def two_pretrainings(prepared, tmp_path_factory):
+    """The same tiny pretraining run twice from scratch, in-process."""
+    root = tmp_path_factory.mktemp("twice")
+    for name in ("a", "b"):
+        folder = root / name
+        pretrain(make_params(**{"pretrain.epochs": 1}), prepared, folder / "backbone.pt", folder / "ckpt", folder / "live", log=lambda _: None)
+    return root / "a", root / "b"
+
+
+# --- determinism --------------------------------------------------------------------------------
+
+
+def test_pretraining_twice_gives_identical_backbones(two_pretrainings):
+    first, second = (torch.load(f / "backbone.pt", weights_only=False)["backbone"] for f in two_pretrainings)
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+def evaluation_metrics(params, prepared: Path, backbone_file: Path, folder: Path) -> dict:
+    """extract -> probe -> evaluate -> retrieval in-process, as the stages chain them."""
+    model = load_frozen_backbone("pretrained", params, backbone_file)
+    train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
+    bank = extract_bank(model, train, params.extract, params.seed, CPU)
+    fit = fit_probe(bank.features, bank.labels.long(), NUM_CLASSES, params.probe)
+    evaluation = evaluate_segmentation(model, fit.probe, val, params.evaluate.batch_size, CPU, folder / "pred",
+                                       params.evaluate.overlays)
+    retrieval = run_retrieval(model, bank, val, train, params.retrieval, params.seed, CPU,
+                              params.evaluate.batch_size)
+    return {"segmentation": evaluation.scores.to_json_dict(), "curve": fit.curve,
+            "precision": retrieval.precision, "knn": retrieval.knn.to_json_dict()}
+
+
+def test_evaluating_twice_gives_identical_metrics(prepared, two_pretrainings, tmp_path):
+    backbone_file = two_pretrainings[0] / "backbone.pt"
+    first = evaluation_metrics(make_params(), prepared, backbone_file, tmp_path / "first")
+    second = evaluation_metrics(make_params(), prepared, backbone_file, tmp_path / "second")
+    assert first == second
+    for png in (tmp_path / "first" / "pred").iterdir():
+        assert png.read_bytes() == (tmp_path / "second" / "pred" / png.name).read_bytes(), png.name
+
+
+# --- disk full while writing --------------------------------------------------------------------
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def half_then_disk_full(method):
+    """A Path.write_text / write_bytes that writes half the data, then hits a full disk."""
+
+    def write(self, data, *args, **kwargs):
+        method(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return write
+
+
+def only_file_left(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir())
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_disk_full_json_write_keeps_the_previous_file(tmp_path, monkeypatch, where):
+    path = tmp_path / "metrics" / "scores.json"
+    atomic_write_json(path, {"miou": 0.5})
+    before = path.read_bytes()
+    if where == "write":
+        monkeypatch.setattr(Path, "write_text", half_then_disk_full(Path.write_text))
+    else:
+        monkeypatch.setattr(pixpro.io.os, "fsync", disk_full)
+    with pytest.raises(PixproError, match="No space left on device; the previous version is intact") as err:
+        atomic_write_json(path, {"miou": 0.75, "iou": list(range(100))})
+    assert str(path) in str(err.value)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert only_file_left(path) == ["scores.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_disk_full_checkpoint_save_keeps_the_previous_file(tmp_path, monkeypatch, where):
+    path = tmp_path / "ckpt" / "last.pt"
+    save_checkpoint(path, {"step": 1, "weights": torch.arange(1000.0)})
+    before = path.read_bytes()
+    if where == "write":
+        monkeypatch.setattr(Path, "write_bytes", half_then_disk_full(Path.write_bytes))
+    else:
+        monkeypatch.setattr(pixpro.io.os, "fsync", disk_full)
+    with pytest.raises(PixproError, match="No space left on device; the previous version is intact") as err:
+        save_checkpoint(path, {"step": 2, "weights": torch.arange(2000.0)})
+    assert str(path) in str(err.value)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert torch.load(path, weights_only=False)["step"] == 1
+    assert only_file_left(path) == ["last.pt"]
+
+
+def test_disk_full_on_a_first_write_leaves_nothing_and_claims_no_previous_version(tmp_path, monkeypatch):
+    path = tmp_path / "new.json"
+    monkeypatch.setattr(Path, "write_text", half_then_disk_full(Path.write_text))
+    with pytest.raises(PixproError, match="No space left on device") as err:
+        atomic_write_json(path, {"miou": 0.75})
+    assert str(path) in str(err.value) and "previous version" not in str(err.value)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- corrupt checkpoints ------------------------------------------------------------------------
+
+
+def test_truncated_resume_checkpoint_names_the_file_and_the_stage(prepared, two_pretrainings, tmp_path):
+    checkpoint = tmp_path / "ckpt" / "last.pt"
+    checkpoint.parent.mkdir()
+    data = (two_pretrainings[0] / "ckpt" / "last.pt").read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"corrupt or truncated.*`dvc repro pretrain`") as err:
+        pretrain(make_params(), prepared, tmp_path / "backbone.pt", tmp_path / "ckpt", tmp_path / "live",
+                 log=lambda _: None)
+    assert str(checkpoint) in str(err.value)
+    assert not (tmp_path / "backbone.pt").exists()
+
+
+# --- features of the wrong dimension ------------------------------------------------------------
+
+
+def invoke(*args) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert not isinstance(result.exception, (AssertionError, TypeError, ValueError, RuntimeError)), result.output
+    return result.exit_code, result.output
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "error:" in line]
+
+
+def test_probe_for_other_features_is_rejected(tmp_path, prepared):
+    probe_file = tmp_path / "probe.pt"
+    save_checkpoint(probe_file, {"weight": torch.zeros(NUM_CLASSES, 16), "bias": torch.zeros(NUM_CLASSES),
+                                 "curve": [1.0], "converged": True})
+    with pytest.raises(CheckpointError, match="expects 16-dim features but the backbone gives 8"):
+        probe_from_state(torch.load(probe_file, weights_only=False), 8, str(probe_file))
+
+    params = write_params(tmp_path / "params.yaml")
+    code, output = invoke("evaluate", "--backbone", "random", "--params", params, "--data", prepared,
+                          "--probe", probe_file, "--metrics", tmp_path / "m.json", "--predictions", tmp_path / "pred",
+                          "--plots", tmp_path / "plots")
+    assert code == 1, output
+    assert len(error_lines(output)) == 1, output
+    assert "pixpro evaluate: error:" in output and "expects 16-dim features" in output
+    assert "Traceback" not in output and not (tmp_path / "m.json").exists()
+
+
+def test_bank_of_other_features_is_rejected_by_retrieval(tmp_path, prepared):
+    bank_file = tmp_path / "bank.pt"
+    n = 64
+    save_checkpoint(bank_file, {"features": torch.nn.functional.normalize(torch.randn(n, 16)).half(),
+                                "labels": torch.zeros(n, dtype=torch.uint8),
+                                "image_index": torch.zeros(n, dtype=torch.int32),
+                                "pixel_index": torch.arange(n)})
+    params = write_params(tmp_path / "params.yaml")
+    code, output = invoke("retrieval", "--backbone", "random", "--params", params, "--data", prepared,
+                          "--bank", bank_file, "--metrics", tmp_path / "m.json", "--plots", tmp_path / "plots")
+    assert code == 1, output
+    assert len(error_lines(output)) == 1, output
+    assert "pixpro retrieval: error:" in output and "16-dim features" in output and "gives 8" in output
+    assert not (tmp_path / "m.json").exists()
+
+
+# --- every stage validates the whole params file first ------------------------------------------
+
+# Each command gets a bad value in a section it does not use, so only up-front validation of the
+# whole file can catch it. The paths do not exist: a command that did any work first would fail
+# on them with another message.
+BAD_PARAMS = {
+    "prepare": ("retrieval.k", 5),
+    "synthesize": ("probe.max_iter", 0),
+    "pretrain": ("extract.pixels_per_image", 0),
+    "extract": ("evaluate.batch_size", 0),
+    "probe": ("pretrain.ppm.gamma", 0),
+    "evaluate": ("data.size", [8, 8]),
+    "retrieval": ("seed", -1),
+    "show-pairs": ("probe.tolerance", 0),
+}
+
+
+def stage_arguments(command: str, out: Path, params: Path) -> list:
+    data = ["--data", out / "data"]
+    return {
+        "prepare": ["--out", out / "prepared", "--metrics", out / "m.json", "--plots", out / "plots"],
+        "synthesize": [out / "raw"],
+        "pretrain": [*data, "--out", out / "b.pt", "--checkpoints", out / "ckpt", "--live", out / "live"],
+        "extract": ["--backbone", "random", *data, "--out", out / "bank.pt"],
+        "probe": ["--bank", out / "bank.pt", "--out", out / "probe.pt", "--curve", out / "curve.csv"],
+        "evaluate": ["--backbone", "random", *data, "--probe", out / "probe.pt", "--metrics", out / "m.json",
+                     "--predictions", out / "pred", "--plots", out / "plots"],
+        "retrieval": ["--backbone", "random", *data, "--bank", out / "bank.pt", "--metrics", out / "m.json",
+                      "--plots", out / "plots"],
+        "show-pairs": [*data, "--out", out / "pairs.png"],
+    }[command] + ["--params", params]
+
+
+# And one bad value per section in the section the command itself uses.
+OWN_SECTION = [
+    ("prepare", "data.size", [8, 8]),
+    ("pretrain", "pretrain.epochs", 0),
+    ("extract", "extract.pixels_per_image", 0),
+    ("probe", "probe.class_weighting", "inverse"),
+    ("evaluate", "evaluate.overlays", -1),
+    ("retrieval", "retrieval.knn_stride", 0),
+]
+
+
+def test_every_params_taking_command_is_checked():
+    takes_params = {c.name for c in app.registered_commands
+                    if "params" in inspect.signature(c.callback).parameters}
+    assert takes_params == set(BAD_PARAMS)  # `report` reads only metrics files
+
+
+@pytest.mark.parametrize("command, key, value", [(c, *BAD_PARAMS[c]) for c in sorted(BAD_PARAMS)] + OWN_SECTION,
+                         ids=[f"{c}-unrelated" for c in sorted(BAD_PARAMS)] + [f"{c}-own" for c, *_ in OWN_SECTION])
+def test_each_stage_validates_the_whole_params_file_before_working(tmp_path, command, key, value):
+    params = write_params(tmp_path / "bad.yaml", **{key: value})
+    out = tmp_path / "out"
+    code, output = invoke(command, *stage_arguments(command, out, params))
+    assert code == 1, output
+    assert len(error_lines(output)) == 1 and f"pixpro {command}: error:" in output, output
+    assert key in output, output
+    assert not out.exists()
+
+
+# --- a DDP peer that dies -----------------------------------------------------------------------
+
+DDP_WORKER = """
+import os, sys, time
+from pathlib import Path
+import dvclive, torch, yaml  # dvclive now: rank 0 imports it mid-run, keep the ranks in step
+from pixpro import train
+from pixpro.config import params_from_dict
+
+params_file, prepared, out, fail = sys.argv[1:5]
+torch.set_num_threads(1)
+rank = int(os.environ["RANK"])
+if rank == 1:
+    real_step = train.train_step
+
+    def failing_step(*args, **kwargs):
+        if args[3] == 1:  # the step index: step 0 went through DDP, step 1 is where the peer goes
+            print(f"rank 1: failing at {time.time()}", flush=True)
+            if fail == "die":
+                os._exit(1)
+            while True:  # "hang": alive, but never joins the collective
+                time.sleep(0.1)
+        return real_step(*args, **kwargs)
+
+    train.train_step = failing_step
+out = Path(out)
+try:
+    train.pretrain(params_from_dict(yaml.safe_load(Path(params_file).read_text())), Path(prepared),
+                   out / "backbone.pt", out / "ckpt", out / "live", log=lambda line: print(line, flush=True))
+finally:
+    print(f"rank {rank}: exiting at {time.time()}", flush=True)
+"""
+
+
+class FailingPeerRun:
+    """2 gloo ranks of `pixpro.train.pretrain` (pretrain.ddp_timeout_s = 10) as subprocesses;
+    rank 1 dies (os._exit) or hangs at step 1."""
+
+    def __init__(self, folder: Path, prepared: Path, fail: str):
+        folder.mkdir(parents=True)
+        self.folder, self.fail = folder, fail
+        script = folder / "worker.py"
+        script.write_text(DDP_WORKER)
+        # 4 train images, 2 per rank and step: one step per epoch, 3 epochs.
+        params = write_params(folder / "params.yaml", **{"pretrain.nproc": 2, "pretrain.ddp_timeout_s": 10,
+                                                         "pretrain.batch_size": 4, "pretrain.epochs": 3,
+                                                         "pretrain.checkpoint_every": 1})
+        port = _free_port()
+        self.started = time.monotonic()
+        self.processes, self.logs = [], []
+        for rank in range(2):
+            env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+                   "RANK": str(rank), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+                   "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+            self.logs.append(open(folder / f"rank{rank}.log", "w"))  # noqa: SIM115 (closed in close())
+            self.processes.append(subprocess.Popen(
+                [sys.executable, str(script), str(params), str(prepared), str(folder / "run"), fail],
+                env=env, stdout=self.logs[-1], stderr=subprocess.STDOUT))
+
+    def log(self, rank: int) -> str:
+        return (self.folder / f"rank{rank}.log").read_text()
+
+    def stamp(self, rank: int, what: str) -> float | None:
+        """The wall-clock time a rank printed `rank N: <what> at T`, or None."""
+        for line in self.log(rank).splitlines():
+            if line.startswith(f"rank {rank}: {what} at "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def seconds_until_rank0_exits(self, patience: float) -> float:
+        """Seconds from rank 1's failure to rank 0's exit; fails the test (never hangs it) if
+        rank 0 is still running `patience` seconds after its peer failed."""
+        rank0, rank1 = self.processes
+        while (failed := self.stamp(1, "failing")) is None:
+            if rank0.poll() is not None or rank1.poll() is not None:
+                if (failed := self.stamp(1, "failing")) is not None:
+                    break
+                pytest.fail("a rank exited before rank 1 reached step 1:\n" + self.log(0) + self.log(1))
+            assert time.monotonic() - self.started < 180, "rank 1 never reached step 1\n" + self.log(1)
+            time.sleep(0.05)
+        try:
+            rank0.wait(timeout=max(1.0, failed + patience - time.time()))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"rank 0 still running {patience:.0f} s after its peer failed ({self.fail}):\n" + self.log(0))
+        exited = self.stamp(0, "exiting")
+        assert exited is not None, self.log(0)
+        assert rank0.returncode != 0, self.log(0)
+        assert not (self.folder / "run" / "backbone.pt").exists()
+        return exited - failed
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+        for log in self.logs:
+            log.close()
+
+
+@pytest.fixture(scope="module")
+def failing_peer_runs(prepared, tmp_path_factory):
+    """Both scenarios start at once: their start-up (imports) and the 10 s timeout overlap."""
+    root = tmp_path_factory.mktemp("ddp")
+    runs = {fail: FailingPeerRun(root / fail, prepared, fail) for fail in ("die", "hang")}
+    yield runs
+    for run in runs.values():
+        run.close()
+
+
+def test_ddp_rank_stops_when_its_peer_dies(failing_peer_runs):
+    run = failing_peer_runs["die"]
+    waited = run.seconds_until_rank0_exits(patience=60)
+    assert waited < 60, run.log(0)
+    assert "a DDP peer failed or timed out" in run.log(0)  # DistributedFailure: the CLI prints one line
+    # The last checkpoint is a complete one that a rerun can resume from.
+    assert torch.load(run.folder / "run" / "ckpt" / "last.pt", weights_only=False)["step"] == 1
+
+
+def test_ddp_rank_stops_after_ddp_timeout_when_its_peer_hangs(failing_peer_runs):
+    # pretrain.ddp_timeout_s = 10: the collective gives up after about 10 s, not never.
+    run = failing_peer_runs["hang"]
+    waited = run.seconds_until_rank0_exits(patience=90)
+    assert 5 < waited < 60, run.log(0)
+
+
+# --- help texts ---------------------------------------------------------------------------------
+
+
+def test_top_level_help_lists_every_command():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in app.registered_commands:
+        assert command.name in result.output
+
+
+@pytest.mark.parametrize("command", [c.name for c in app.registered_commands])
+def test_every_command_has_help_with_a_description(command):
+    (registered,) = [c for c in app.registered_commands if c.name == command]
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    first_line = inspect.getdoc(registered.callback).splitlines()[0]
+    assert first_line and " ".join(first_line.split()[:6]) in " ".join(result.output.split())
+    assert "--help" in result.output
