@@ -9,10 +9,14 @@ momentum update.
 Bare = the same backbone's work on the same inputs: one online forward + backward on the
 concatenated views (`.sum().backward()`) and one target forward of them under no_grad.
 
+CPU threads: 1 by default (--threads): with 2 threads on a machine whose cores other jobs also
+use, each OpenMP parallel region waits for a descheduled thread; that slowed AdamW's per-tensor
+loop 0.05 s -> 0.2-2 s and the head's small ops alike, while the convolutions barely noticed.
+
 Config: params.yaml's pretrain section with views.size set to each crop size and data.size to
 twice the crop (the source image the crops come from). Repetitions are interleaved (full, bare,
 full, bare, ...) after a warm-up, and medians are reported. Per size, a breakdown times the
-extra parts alone: pair sampling, the online head (propagate x2 + loss, forward + backward, on
+extra parts alone (after the full/bare loop): pair sampling, the online head (propagate x2 + loss, forward + backward, on
 detached feature maps), the target projector on the pair pixels, the optimiser step and the
 momentum update; on CPU also `alt: fused optimizer step`, the same optimiser with fused=True
 (the trainer fuses on CUDA only), for comparison, not counted in the sum. `--profile` adds
@@ -188,16 +192,18 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
         alternatives["alt: fused optimizer step"] = fused_optimizer.step
     parts.update(alternatives)
 
-    # warm-up
+    # Full and bare interleaved (after a warm-up of each); then the parts, interleaved among
+    # themselves, so they do not disturb the allocator state between full and bare steps.
     full()
     bare()
-    for fn in parts.values():
-        fn()
     times = {"full": [], "bare": []}
-    part_times = {name: [] for name in parts}
     for _ in range(args.repeats):
         times["full"].append(timed(full, device))
         times["bare"].append(timed(bare, device))
+    for fn in parts.values():
+        fn()
+    part_times = {name: [] for name in parts}
+    for _ in range(args.repeats):
         for name, fn in parts.items():
             part_times[name].append(timed(fn, device))
     full_s, bare_s = statistics.median(times["full"]), statistics.median(times["bare"])
@@ -249,17 +255,18 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["128x256", "256x512"], help="crop sizes HxW")
     parser.add_argument("--repeats", type=int, default=3, help="timed full/bare pairs per size (after 1 warm-up)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0 = torch's default). On an oversubscribed CPU, 1 thread avoids "
-                             "OpenMP barriers waiting for a descheduled thread, which slow the many small ops "
-                             "of the head and the optimiser far more than the backbone's convolutions")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on CPU (0 = torch's default). 1 by default: on a shared, "
+                             "oversubscribed machine a second OpenMP thread makes every parallel op wait for a "
+                             "descheduled thread, which slows the many small ops of the head and the optimiser "
+                             "far more (up to 30x) than the backbone's convolutions, and makes timings erratic")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops of a full step and of the online head")
     args = parser.parse_args()
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
-    if args.threads:
+    if args.threads and not cuda:
         torch.set_num_threads(args.threads)
     if cuda:
         torch.backends.cudnn.benchmark = True

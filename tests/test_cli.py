@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from conftest import REPO, VENV_BIN, tiny_params
+from tests.conftest import REPO, VENV_BIN, tiny_params
 from stages.cli import app
 
 

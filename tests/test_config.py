@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import REPO, set_dotted, tiny_params
+from tests.conftest import REPO, set_dotted, tiny_params
 from pixpro.config import Params, load_params, params_from_dict, to_dict
 from pixpro.errors import ConfigError
 

@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import pixpro.data.prepare as prepare_module
-from conftest import RAW_SIZE, TINY_SIZE, VENV_BIN, tiny_params
+from tests.conftest import RAW_SIZE, TINY_SIZE, VENV_BIN, tiny_params
 from pixpro.config import params_from_dict
 from pixpro.data.cityscapes import KNOWN_LABEL_IDS, LABEL_TO_TRAIN, discover, label_lookup
 from pixpro.data.prepare import MANIFEST_COLUMNS, load_manifest, run_prepare
@@ -455,8 +455,6 @@ def test_cli_prepare_data_error_is_one_line(tiny_tree, tmp_path, monkeypatch, wr
     assert not (tmp_path / OUT).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="stages/_common.py prints the message as Rich markup: "
-                                       "'[...]' in a path is swallowed or raises MarkupError")
 @pytest.mark.parametrize("root", ["nope/[red]x", "nope/[/x]"])
 def test_cli_error_message_is_printed_verbatim(root, tmp_path, monkeypatch, write_params):
     monkeypatch.chdir(tmp_path)
