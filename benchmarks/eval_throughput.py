@@ -7,6 +7,8 @@ dataset confusion matrix, trainId PNGs written to a temporary folder, evaluate.o
 overlays kept. The backbone is the stage's `random` one (load_frozen_backbone: eval mode,
 frozen), on the device the stage would use.
 
+CPU threads: 1 by default (--threads), see benchmarks/step_cost.py.
+
 Bare = `backbone(images)` under no_grad on the same images, already normalised and on the
 device, in batches of the same size.
 
@@ -22,7 +24,7 @@ evaluate run paired with the bare run right after it (robust to the load driftin
 machine); the ratio of the medians is printed above it (goal <= 1.15).
 
     .venv/bin/python benchmarks/eval_throughput.py [--images 16] [--repeats 5] [--batch N]
-        [--device auto|cpu|cuda] [--data data/prepared]
+        [--device auto|cpu|cuda] [--threads 1] [--data data/prepared]
     # GPU: --device cuda --images 0 --repeats 10   (0 = every val image)
 """
 
@@ -78,6 +80,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="batch size (0 = params.yaml evaluate.batch_size)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on CPU (0 = torch's default); 1 by default because a second "
+                             "OpenMP thread on a shared, oversubscribed machine mostly waits at barriers")
     parser.add_argument("--data", default=str(ROOT / "data/prepared"))
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     args = parser.parse_args()
@@ -88,6 +93,8 @@ def main() -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    elif args.threads:
+        torch.set_num_threads(args.threads)
     params = load_params(args.params)
     batch_size = args.batch or params.evaluate.batch_size
     overlays = params.evaluate.overlays

@@ -23,6 +23,8 @@ depend on pairs x window^2 only ("unique px": distinct pixels the windows cover,
 Global PPM runs while its predicted need (linear in H*W, fitted from the sizes already run)
 stays under --max-gb; the remaining sizes are extrapolated.
 
+Threads: 1 torch thread per child on CPU by default (--threads; see benchmarks/step_cost.py).
+
 Time: one child times the configurations at each size, interleaved (w8, w16, global, w8, ...),
 after a warm-up; medians of --repeats. Global is timed only where its memory was under
 --time-global-max-gb (it takes ~12 s per call at 256x512 on 2 CPU cores).
@@ -36,7 +38,7 @@ Last line: `head memory at 1024x2048 = <X>% of the backbone's activations` for w
 whole measured peak rise of the head (goal < 5%).
 
     .venv/bin/python benchmarks/memory_scaling.py [--max-gb 4] [--repeats 2] [--device auto]
-        [--sizes 64x128 128x256 256x512 512x1024 1024x2048] [--backbone-direct] [--jobs 2]
+        [--sizes 64x128 128x256 256x512 512x1024 1024x2048] [--backbone-direct] [--jobs 2] [--threads 1]
     # GPU: --device cuda --max-gb 60 --time-global-max-gb 60 --repeats 10
 """
 
@@ -356,7 +358,9 @@ def main() -> None:
     parser.add_argument("--time-global-max-gb", type=float, default=1.0,
                         help="time global PPM only at sizes where its measured memory is under this")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads in the children (0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in each child on CPU (0 = torch's default divided among --jobs "
+                             "memory children; the timing child gets all). 1 by default: see step_cost.py")
     parser.add_argument("--no-joint", action="store_true",
                         help="skip the candidate 'joint' variant (one propagate on the unchunked map)")
     parser.add_argument("--jobs", type=int, default=2, help="memory children run at a time on CPU (1 on CUDA)")
@@ -369,7 +373,7 @@ def main() -> None:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     cuda = device.startswith("cuda")
-    time_threads = args.threads or torch.get_num_threads()
+    time_threads = args.threads or torch.get_num_threads()  # the timing child runs alone
     # Memory children run --jobs at a time: split the cores between them.
     threads = args.threads or max(1, torch.get_num_threads() // (1 if device.startswith("cuda") else args.jobs))
     sizes = [parse_size(s) for s in args.sizes]

@@ -21,7 +21,8 @@ detached feature maps), the target projector on the pair pixels, the optimiser s
 momentum update; on CPU also `alt: fused optimizer step`, the same optimiser with fused=True
 (the trainer fuses on CUDA only), for comparison, not counted in the sum. `--profile` adds
 torch.profiler tables of the top ops (self time, grouped by input shape) of one full step and of
-the online head alone.
+the online head alone. "sys s" is the kernel CPU time of a step: on CPU mostly page faults, as
+glibc hands large freed tensors back to the OS and the next step faults them in again.
 
 On CUDA the model is channels_last and runs under bf16 autocast, as the trainer does, and every
 timing is bracketed by torch.cuda.synchronize.
@@ -31,7 +32,7 @@ repetitions of full step / bare step, each full step paired with the bare step t
 it (robust to the load drifting on a shared machine); the ratio of the medians is printed too
 (goal <= 1.10). With the two default sizes the median is their mean.
 
-    .venv/bin/python benchmarks/step_cost.py [--batch 1] [--sizes 128x256 256x512] [--repeats 3]
+    .venv/bin/python benchmarks/step_cost.py [--batch 1] [--sizes 128x256 256x512] [--repeats 5]
         [--device auto|cpu|cuda] [--threads N] [--profile]
     # GPU-sized: --device cuda --batch 16 --sizes 256x512 512x1024 --repeats 10
     # (batch 1 is the CPU default only to stay under 3 minutes on 2 cores)
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import statistics
 import sys
 import time
@@ -70,12 +72,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device) -> float:
+def timed(fn, device: torch.device, sys_times: list | None = None) -> float:
+    """Wall seconds of fn(); appends the kernel (system) CPU seconds it took to sys_times, which on
+    CPU is mostly page faults of freshly mapped tensor memory."""
     sync(device)
+    sys_start = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     start = time.perf_counter()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    if sys_times is not None:
+        sys_times.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_start)
+    return wall
 
 
 def draw_boxes(batch: int, image_size: tuple[int, int], views_cfg, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,9 +205,10 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
     full()
     bare()
     times = {"full": [], "bare": []}
+    sys_times = {"full": [], "bare": []}
     for _ in range(args.repeats):
-        times["full"].append(timed(full, device))
-        times["bare"].append(timed(bare, device))
+        times["full"].append(timed(full, device, sys_times["full"]))
+        times["bare"].append(timed(bare, device, sys_times["bare"]))
     for fn in parts.values():
         fn()
     part_times = {name: [] for name in parts}
@@ -211,10 +220,10 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
     ratio = full_s / bare_s
     print(f"\n== crop {size_text} (source image {image_size[0]}x{image_size[1]}), batch {args.batch}, "
           f"valid pairs {int(pairs.count.sum())}/{pairs.valid.numel()} ==")
-    print(f"{'':28} {'median s':>9} {'of bare':>8}   samples")
+    print(f"{'':28} {'median s':>9} {'of bare':>8} {'sys s':>7}   samples")
     for name in ("full", "bare"):
         print(f"{name + ' step':28} {statistics.median(times[name]):9.4f} "
-              f"{statistics.median(times[name]) / bare_s:8.3f}   "
+              f"{statistics.median(times[name]) / bare_s:8.3f} {statistics.median(sys_times[name]):7.3f}   "
               + " ".join(f"{t:.3f}" for t in times[name]))
     print(f"{'ratio full/bare':28} {paired:9.3f}   median of paired ratios (each full step / the bare step "
           f"right after it); ratio of medians {ratio:.3f}")
@@ -253,7 +262,7 @@ def main() -> None:
                         help="images per step (B; the backbone sees 2B views). 1 keeps the CPU default "
                              "under 3 minutes; the head, optimiser and backbone all scale ~linearly in B")
     parser.add_argument("--sizes", nargs="+", default=["128x256", "256x512"], help="crop sizes HxW")
-    parser.add_argument("--repeats", type=int, default=3, help="timed full/bare pairs per size (after 1 warm-up)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed full/bare pairs per size (after 1 warm-up)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads on CPU (0 = torch's default). 1 by default: on a shared, "
