@@ -11,9 +11,10 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from pixpro.errors import DataError, PixproError
-from pixpro.features import embed, labelled_batches
+from pixpro.features import labelled_batches
 from pixpro.metrics import ConfusionAccumulator, SegmentationScores
 
 
@@ -32,10 +33,15 @@ class Evaluation:
 
 
 def predict(backbone: nn.Module, probe: nn.Linear, images: Tensor) -> Tensor:
-    """(B, 3, H, W) -> (B, H, W) int64 trainIds."""
-    features = embed(backbone, images)  # (B, C, H, W)
-    logits = torch.einsum("bchw,kc->bkhw", features, probe.weight) + probe.bias[None, :, None, None]
-    return logits.argmax(1)
+    """(B, 3, H, W) -> (B, H, W) int64 trainIds of the probe on L2-normalised features.
+
+    argmax_k(W_k f / |f| + b_k) = argmax_k(W_k f + b_k |f|), so the normalised map is never
+    built (|f| clamped like F.normalize's eps, so an all-zero feature still gets argmax(b)).
+    """
+    features = backbone(images).float()  # (B, C, H, W)
+    norm = torch.linalg.vector_norm(features, dim=1, keepdim=True).clamp(min=1e-12)  # (B, 1, H, W)
+    logits = F.conv2d(features, probe.weight[:, :, None, None])  # (B, K, H, W)
+    return logits.addcmul_(probe.bias[None, :, None, None], norm).argmax(1)
 
 
 def save_prediction(array: np.ndarray, path: Path) -> None:

@@ -519,3 +519,21 @@ def test_whole_pipeline_and_an_experiment_in_a_copy_of_the_repo(tmp_path):
     assert "Running stage 'pretrain'" in planned, planned
     for stage in (*RANDOM_STAGES, "prepare"):
         assert f"Running stage '{stage}'" not in planned and f"Stage '{stage}' didn't change" in planned, planned
+
+
+def test_predict_equals_the_probe_on_normalised_features():
+    # predict() folds the L2 normalisation into the probe; it must give the same labels as the
+    # literal probe(normalize(features)), including for all-zero feature vectors.
+    from torch.nn import functional as F
+
+    from pixpro.evaluate import predict
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Conv2d(3, 8, 3, padding=1)
+    probe = torch.nn.Linear(8, 19)
+    images = torch.randn(2, 3, 16, 24)
+    images[0, :, :4] = 0.0
+    with torch.no_grad():
+        backbone.bias.zero_()  # zero input rows give exactly zero features there
+        expected = probe(F.normalize(backbone(images), dim=1).permute(0, 2, 3, 1)).argmax(-1)
+        assert torch.equal(predict(backbone, probe, images), expected)
