@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,6 @@ from pixpro.errors import CheckpointError, DataError
 from pixpro.model.backbone import build_backbone
 from pixpro.progress import progress_bar
 
-BackboneKind = Literal["pretrained", "random"]
 BACKBONES: tuple[str, ...] = ("pretrained", "random")
 
 

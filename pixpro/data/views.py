@@ -10,7 +10,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import RandomResizedCrop, v2
@@ -120,9 +119,4 @@ class TwoViewDataset(Dataset):
 
 def collate_view_pairs(items: list[ViewPair]) -> ViewPair:
     return ViewPair(*(torch.stack(field) for field in zip(*items)))
-
-
-def image_size_of(path: str) -> tuple[int, int]:
-    with Image.open(path) as img:
-        return img.height, img.width
 
