@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pixpro.allocator import restart_with_tuned_malloc
 from pixpro.config import load_params, params_from_dict
 from pixpro.data.cityscapes import NUM_CLASSES
 from pixpro.data.prepare import run_prepare
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / "data/prepared"))
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     args = parser.parse_args()
+    restart_with_tuned_malloc()  # as the `pixpro` command runs every stage (pixpro/allocator.py)
 
     import os
 

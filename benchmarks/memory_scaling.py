@@ -4,11 +4,10 @@ The head is everything PixPro.forward does after the backbones, forward and back
 online propagate() on both views' maps at the pairs (projector + g() + PPM), the target
 projector on the gathered pair pixels, and pixpro_pair_loss. Its input is a random feature map
 standing in for the backbone output: one image (B=1), its two views concatenated as PixPro
-feeds them, i.e. a (2, C=64, H, W) leaf with requires_grad, chunked into the views exactly as
+feeds them, i.e. a (2, C=64, H, W) leaf with requires_grad, propagated in one call as
 PixPro.forward does; plus a (2, C, H, W) target map. The PixPro is built from params.yaml's
 pretrain config (projector dims, pair counts, gamma as configured); only ppm.window varies:
-local windows 8 and 16, and global PPM (window null). Row "w8 joint" (largest size only) is a
-candidate change, not the current code: one propagate() on the unchunked map (see _head).
+local windows 8 and 16, and global PPM (window null).
 
 Memory: each configuration runs once in a fresh child process (multiprocessing spawn, --jobs
 at a time on CPU, the cores split between them). On CPU the peak RSS is reset
@@ -34,12 +33,21 @@ mode) on the same two views (batch 2 = one image's two views, as PixPro.forward 
 CPU it is measured at half the largest side (512x1024) and extrapolated x4 to 1024x2048
 (activations are linear in pixels) unless --backbone-direct (needs ~8 GB free RAM on CPU).
 
-Last line: `head memory at 1024x2048 = <X>% of the backbone's activations` for window 8, the
-whole measured peak rise of the head (goal < 5%).
+End-to-end check (--check-size, 256x512 by default): the real backbone's forward + backward on
+the two views, once through the head and once from a dense all-ones gradient of its output (what a
+bare backbone training step starts from); the difference is what the head really adds, to compare
+with the table's "head - map grad". On CPU whole-step RSS peaks move by +-100-250 MB between runs
+(allocation order; measured -258 to +162 MB at 128x256-512x1024), so there the check only bounds
+the head; on CUDA max_memory_allocated is exact.
+
+Last line: `head memory at 1024x2048 beyond the backbone's own backward = <X>% of the backbone's
+activations` for window 8: the head's measured peak rise minus the one dense output-map gradient
+that the backbone's backward allocates whether or not there is a head (goal < 5%). The line above
+it gives the whole rise, map gradient included.
 
     .venv/bin/python benchmarks/memory_scaling.py [--max-gb 4] [--repeats 2] [--device auto]
         [--sizes 64x128 128x256 256x512 512x1024 1024x2048] [--backbone-direct] [--jobs 2] [--threads 1]
-    # GPU: --device cuda --max-gb 60 --time-global-max-gb 60 --repeats 10
+    # GPU: --device cuda --max-gb 60 --time-global-max-gb 60 --repeats 10 --check-size 512x1024
 """
 
 from __future__ import annotations
@@ -171,30 +179,14 @@ def _inputs(torch, device, cfg, size: tuple[int, int], seed: int = 0):
     return features, target, pairs
 
 
-def _head(torch, model, cfg, device, features, target, pairs, joint: bool = False) -> None:
-    """What PixPro.forward does after its two backbone calls, then backward.
-
-    joint=True is a candidate change, not the current code: one propagate() call on the
-    unchunked (2B, C, H, W) map with the views' pair indices stacked, so the gather's backward
-    writes one dense map gradient instead of one per chunk plus their concatenation. (The
-    projector's BatchNorm then sees both views' pixels in one batch, as the target's does.)
-    """
-    from pixpro.losses import pixpro_pair_loss
-    from pixpro.model.pixpro import gather_pixels
-
+def _head(torch, model, cfg, device, features, target, pairs) -> None:
+    """What PixPro.forward does after its two backbone calls, then backward."""
+    index = torch.cat([pairs.index1, pairs.index2])
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
-        if joint:
-            online1, online2 = model.propagate(features, torch.cat([pairs.index1, pairs.index2])).chunk(2)
-        else:
-            feat1, feat2 = features.chunk(2)
-            online1 = model.propagate(feat1, pairs.index1)
-            online2 = model.propagate(feat2, pairs.index2)
+        online = model.propagate(features, index)
         with torch.no_grad():
-            tgt1, tgt2 = target.chunk(2)
-            pixels = torch.cat([gather_pixels(tgt1, pairs.index1), gather_pixels(tgt2, pairs.index2)])
-            projected = model.target_projector(pixels.flatten(0, 1)).view(*pixels.shape[:2], -1)
-            target1, target2 = projected.float().chunk(2)
-        loss = pixpro_pair_loss(online1.float(), target2, online2.float(), target1, pairs.valid)
+            projected = model.project_target(target, index)
+        loss = model.pair_loss(online, projected, pairs.valid)
     loss.backward()
 
 
@@ -204,17 +196,17 @@ def head_memory_child(device_name: str, config: tuple, size: tuple[int, int], pa
     import torch as _torch
 
     _torch.set_num_threads(threads)
-    window, joint = config
+    window = config
     torch, device, cfg, model = _setup(device_name, window, params_path)
     # Warm-up on a tiny map: kernels, thread pools.
     features, target, pairs = _inputs(torch, device, cfg, WARMUP_SIZE)
-    _head(torch, model, cfg, device, features, target, pairs, joint)
+    _head(torch, model, cfg, device, features, target, pairs)
     model.zero_grad(set_to_none=True)
     del features, target, pairs
     features, target, pairs = _inputs(torch, device, cfg, size)
     meter = Meter(device)
     meter.start()
-    _head(torch, model, cfg, device, features, target, pairs, joint)
+    _head(torch, model, cfg, device, features, target, pairs)
     peak = meter.stop()
     if window is not None:
         from pixpro.geometry import window_indices
@@ -230,7 +222,7 @@ def head_memory_child(device_name: str, config: tuple, size: tuple[int, int], pa
 
 def head_time_child(device_name: str, configs_all: list, sizes: list, global_sizes: list, params_path: str,
                     threads: int, repeats: int) -> dict:
-    """{(size, (window, joint)): median seconds}; configurations interleaved at each size."""
+    """{(size, window): median seconds}; configurations interleaved at each size."""
     import torch as _torch
 
     _torch.set_num_threads(threads)
@@ -242,16 +234,15 @@ def head_time_child(device_name: str, configs_all: list, sizes: list, global_siz
 
     def run(config, inputs):
         features, target, pairs = inputs
-        model.window = config[0]
-        _head(torch, model, cfg, device, features, target, pairs, config[1])
+        model.window = config
+        _head(torch, model, cfg, device, features, target, pairs)
         features.grad = None
 
     results = {}
     warm = set()
     for size in sizes:
         inputs = _inputs(torch, device, cfg, tuple(size))
-        configs = [c for c in configs_all if (c[0] is not None or tuple(size) in global_sizes)
-                   and (not c[1] or tuple(size) == tuple(sizes[-1]))]
+        configs = [c for c in configs_all if c is not None or tuple(size) in global_sizes]
         for config in configs:  # warm-up: every configuration at the first size, new ones later
             if config not in warm:
                 run(config, inputs)
@@ -304,6 +295,49 @@ def backbone_memory_child(device_name: str, size: tuple[int, int], params_path: 
     return {"peak": peak, "retained": retained, "seconds": seconds, "child_seconds": time.perf_counter() - began}
 
 
+def step_memory_child(device_name: str, size: tuple[int, int], params_path: str, threads: int, window: int,
+                      with_head: bool) -> dict:
+    """Peak rise of a real backbone forward + backward on one image's two views, backward either
+    through the head (local PPM with `window`) or from a dense all-ones gradient of
+    the output map, which is what the bare backbone's training step would start from."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from pixpro.config import load_params
+    from pixpro.model.pixpro import PixPro
+
+    device = torch.device(device_name)
+    cfg = load_params(params_path).pretrain
+    torch.manual_seed(0)
+    model = PixPro(cfg).to(device).train()
+    model.window = window
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
+    if cuda and cfg.channels_last:
+        model = model.to(memory_format=fmt)
+
+    def step(views, target, pairs):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp):
+            features = model.backbone(views)
+            if with_head:
+                index = torch.cat([pairs.index1, pairs.index2])
+                loss = model.pair_loss(model.propagate(features, index), model.project_target(target, index),
+                                       pairs.valid)
+                loss.backward()
+            else:
+                features.backward(torch.ones_like(features))
+        model.zero_grad(set_to_none=True)
+
+    for shape in (WARMUP_SIZE, size):
+        _, target, pairs = _inputs(torch, device, cfg, shape)
+        views = torch.randn(2, 3, *shape, device=device).contiguous(memory_format=fmt)
+        meter = Meter(device)
+        meter.start()
+        step(views, target, pairs)
+        peak = meter.stop()
+    return {"peak": peak}
+
+
 def _call(target, *args):
     """Run target(*args) in a fresh spawned process and return its result."""
     ctx = multiprocessing.get_context("spawn")
@@ -336,7 +370,7 @@ def _memory_pool(workers: int):
 def _predict_global(done_sizes: list, memory: dict, size: tuple[int, int]) -> float:
     """Global PPM's need at `size`: linear in H*W through the last two sizes run (or proportional to
     H*W from one)."""
-    points = [(s[0] * s[1], memory[(s, (None, False))]["peak"]) for s in done_sizes]
+    points = [(s[0] * s[1], memory[(s, None)]["peak"]) for s in done_sizes]
     pixels = size[0] * size[1]
     if len(points) >= 2:
         (p0, m0), (p1, m1) = points[-2:]
@@ -361,11 +395,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in each child on CPU (0 = torch's default divided among --jobs "
                              "memory children; the timing child gets all). 1 by default: see step_cost.py")
-    parser.add_argument("--no-joint", action="store_true",
-                        help="skip the candidate 'joint' variant (one propagate on the unchunked map)")
     parser.add_argument("--jobs", type=int, default=2, help="memory children run at a time on CPU (1 on CUDA)")
     parser.add_argument("--backbone-direct", action="store_true",
                         help="measure the backbone at the largest size instead of extrapolating from half the side")
+    parser.add_argument("--check-size", default="256x512",
+                        help="size of the end-to-end check (real backbone with and without the head)")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     args = parser.parse_args()
 
@@ -379,9 +413,9 @@ def main() -> None:
     sizes = [parse_size(s) for s in args.sizes]
     largest = sizes[-1]
     window_main = args.windows[0]
-    configs = [(w, False) for w in args.windows] + [(None, False)] + ([] if args.no_joint else [(window_main, True)])
-    GLOBAL = (None, False)
-    labels = {c: ("global" if c[0] is None else f"w{c[0]}") + (" joint" if c[1] else "") for c in configs}
+    configs = list(args.windows) + [None]
+    GLOBAL = None
+    labels = {c: "global" if c is None else f"w{c}" for c in configs}
     from pixpro.config import load_params
 
     pcfg = load_params(args.params).pretrain
@@ -394,6 +428,9 @@ def main() -> None:
     # ---- memory: one fresh process per configuration, --jobs of them at a time (each measures
     # only its own RSS); the global-PPM chain decides its next size from the sizes already run.
     bb_size = largest if (args.backbone_direct or cuda) else (largest[0] // 2, largest[1] // 2)
+    check_size = parse_size(args.check_size)
+    if check_size not in sizes:
+        parser.error(f"--check-size {args.check_size} must be one of --sizes")
     started = time.perf_counter()
     pool = _memory_pool(1 if cuda else args.jobs)
     try:
@@ -407,9 +444,12 @@ def main() -> None:
 
         submit_global(0)
         backbone_job = pool.apply_async(backbone_memory_child, (device, bb_size, args.params, threads))
+        check_jobs = {kind: pool.apply_async(step_memory_child, (device, check_size, args.params, threads,
+                                                                 window_main, kind == "head"))
+                      for kind in ("head", "bare")}
         for config in configs:
             if config != GLOBAL:
-                for size in (sizes if not config[1] else [largest]):  # the joint candidate: largest only
+                for size in sizes:
                     pending[(size, config)] = pool.apply_async(head_memory_child,
                                                                (device, config, size, args.params, threads))
         memory: dict = {}
@@ -426,6 +466,7 @@ def main() -> None:
         for key, job in pending.items():
             memory[key] = job.get()
         backbone = backbone_job.get()
+        check = {kind: job.get() for kind, job in check_jobs.items()}
     finally:
         pool.close()
         pool.join()
@@ -469,7 +510,7 @@ def main() -> None:
     first, last = sizes[0], sizes[-1]
     print(f"\ngrowth from {size_text(first)} to {size_text(last)} ({last[0] * last[1] // (first[0] * first[1])}x pixels):")
     for config in configs:
-        if config == GLOBAL or config[1]:
+        if config == GLOBAL:
             continue
         a, b = memory[(first, config)], memory[(last, config)]
         print(f"  {labels[config]}: head - map grad {fmt_bytes(a['peak'] - a['map_grad']).strip()} -> "
@@ -488,16 +529,18 @@ def main() -> None:
     child_total = sum(r["seconds"] for r in memory.values()) + backbone["child_seconds"]
     print(f"wall time: memory children {memory_s:.0f} s ({len(memory) + 1} processes, {child_total:.0f} s in them "
           f"after start-up; backbone child {backbone['child_seconds']:.0f} s), timing child {time_s:.0f} s")
-    if (window_main, True) in configs:
-        row = memory[(largest, (window_main, True))]
-        print(f"candidate: w{window_main} joint (one propagate on the unchunked map) at {size_text(largest)}: head "
-              f"{fmt_bytes(row['peak']).strip()} = {100 * row['peak'] / backbone_peak:.2f}% of the backbone's activations")
-    row = memory[(largest, (window_main, False))]
-    print(f"w{window_main} at {size_text(largest)}: head {fmt_bytes(row['peak']).strip()} of which one dense map gradient "
-          f"{fmt_bytes(row['map_grad']).strip()} (any backward through the backbone needs one); the rest "
-          f"{fmt_bytes(row['peak'] - row['map_grad']).strip()} = "
+    check_row = memory[(check_size, window_main)]
+    extra = check["head"]["peak"] - check["bare"]["peak"]
+    print(f"end-to-end check at {size_text(check_size)} (real backbone, w{window_main}): peak of backbone forward + head "
+          f"+ backward {fmt_bytes(check['head']['peak']).strip()} vs backbone forward + backward from a dense output "
+          f"gradient {fmt_bytes(check['bare']['peak']).strip()}: the head adds {fmt_bytes(extra).strip()}; the head "
+          f"table predicts head - map grad = {fmt_bytes(check_row['peak'] - check_row['map_grad']).strip()}")
+    row = memory[(largest, window_main)]
+    print(f"w{window_main} at {size_text(largest)}: head {fmt_bytes(row['peak']).strip()} = "
+          f"{100 * row['peak'] / backbone_peak:.2f}% of the backbone's activations, of which one dense gradient of "
+          f"the output map {fmt_bytes(row['map_grad']).strip()} that the backbone's own backward allocates as well")
+    print(f"head memory at {size_text(largest)} beyond the backbone's own backward = "
           f"{100 * (row['peak'] - row['map_grad']) / backbone_peak:.2f}% of the backbone's activations")
-    print(f"head memory at {size_text(largest)} = {100 * row['peak'] / backbone_peak:.2f}% of the backbone's activations")
 
 if __name__ == "__main__":
     sys.exit(main())

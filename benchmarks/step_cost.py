@@ -16,13 +16,16 @@ loop 0.05 s -> 0.2-2 s and the head's small ops alike, while the convolutions ba
 Config: params.yaml's pretrain section with views.size set to each crop size and data.size to
 twice the crop (the source image the crops come from). Repetitions are interleaved (full, bare,
 full, bare, ...) after a warm-up, and medians are reported. Per size, a breakdown times the
-extra parts alone (after the full/bare loop): pair sampling, the online head (propagate x2 + loss, forward + backward, on
-detached feature maps), the target projector on the pair pixels, the optimiser step and the
-momentum update; on CPU also `alt: fused optimizer step`, the same optimiser with fused=True
-(the trainer fuses on CUDA only), for comparison, not counted in the sum. `--profile` adds
+extra parts alone (after the full/bare loop): pair sampling, the online head (propagate on both
+views + loss, forward + backward, on a detached feature map), the target projector on the pair
+pixels, the optimiser step (fused AdamW/SGD, as the trainer builds it) and the momentum update. `--profile` adds
 torch.profiler tables of the top ops (self time, grouped by input shape) of one full step and of
 the online head alone. "sys s" is the kernel CPU time of a step: on CPU mostly page faults, as
 glibc hands large freed tensors back to the OS and the next step faults them in again.
+
+Allocator: like the `pixpro` command, the script restarts itself with glibc malloc tunables that
+keep freed memory for reuse (pixpro/allocator.py); PIXPRO_MALLOC=default measures glibc's
+defaults, under which every large tensor is faulted in again at every step.
 
 On CUDA the model is channels_last and runs under bf16 autocast, as the trainer does, and every
 timing is bracketed by torch.cuda.synchronize.
@@ -51,11 +54,11 @@ from pathlib import Path
 import torch
 from torchvision.transforms import RandomResizedCrop
 
+from pixpro.allocator import restart_with_tuned_malloc
 from pixpro.config import load_params
 from pixpro.data.views import ViewPair, crop_box, overlap_fraction
 from pixpro.geometry import sample_positive_pairs
-from pixpro.losses import pixpro_pair_loss
-from pixpro.model.pixpro import PixPro, gather_pixels
+from pixpro.model.pixpro import PixPro
 from pixpro.optim import build_optimizer
 from pixpro.train import train_step
 
@@ -127,7 +130,7 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
         model = model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = build_optimizer(model, cfg.optim, cfg.optim.base_lr * args.batch / 256,
-                                fused=cuda and cfg.optim.name != "lars")
+                                fused=cfg.optim.name != "lars")  # as the trainer builds it
     amp = cuda and cfg.amp
 
     def autocast():
@@ -167,23 +170,18 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
         tfeats = model.target_backbone(both)
     feats = feats.detach().requires_grad_(True)
 
-    target = torch.randn(args.batch, cfg.pairs.num, cfg.projector.out, device=device)
+    index = torch.cat([pairs.index1, pairs.index2])
+    target = torch.randn(2 * args.batch, cfg.pairs.num, cfg.projector.out, device=device)
 
     def head():
         with autocast():
-            f1, f2 = feats.chunk(2)
-            o1 = model.propagate(f1, pairs.index1)
-            o2 = model.propagate(f2, pairs.index2)
-            t = target
-            loss = pixpro_pair_loss(o1.float(), t, o2.float(), t, pairs.valid)
+            loss = model.pair_loss(model.propagate(feats, index), target, pairs.valid)
         loss.backward()
         feats.grad = None
 
     def target_head():
         with torch.no_grad(), autocast():
-            t1, t2 = tfeats.chunk(2)
-            pixels = torch.cat([gather_pixels(t1, pairs.index1), gather_pixels(t2, pairs.index2)])
-            model.target_projector(pixels.flatten(0, 1)).float()
+            model.project_target(tfeats, index)
 
     def optim_fn():
         optimizer.step()
@@ -193,13 +191,6 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
 
     parts = {"pair sampling": pairs_fn, "online head fwd+bwd": head, "target projector": target_head,
              "optimizer step": optim_fn, "momentum update": momentum_fn}
-    alternatives = {}
-    if not cuda and cfg.optim.name in ("adamw", "sgd"):
-        # What the trainer's optimiser would cost with fused=True on CPU too (torch >= 2.4).
-        fused_optimizer = build_optimizer(model, cfg.optim, cfg.optim.base_lr * args.batch / 256, fused=True)
-        alternatives["alt: fused optimizer step"] = fused_optimizer.step
-    parts.update(alternatives)
-
     # Full and bare interleaved (after a warm-up of each); then the parts, interleaved among
     # themselves, so they do not disturb the allocator state between full and bare steps.
     full()
@@ -231,10 +222,9 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
     accounted = 0.0
     for name, samples in part_times.items():
         median = statistics.median(samples)
-        if name not in alternatives:
-            accounted += median
+        accounted += median
         print(f"  {name:26} {median:9.4f} {median / bare_s:8.3f}")
-    print(f"  {'sum of parts (no alt)':26} {accounted:9.4f} {accounted / bare_s:8.3f}   "
+    print(f"  {'sum of parts':26} {accounted:9.4f} {accounted / bare_s:8.3f}   "
           f"(full - bare = {full_s - bare_s:.4f} s)")
 
     if args.profile:
@@ -272,6 +262,7 @@ def main() -> None:
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops of a full step and of the online head")
     args = parser.parse_args()
+    restart_with_tuned_malloc()  # as the `pixpro` command runs every stage (pixpro/allocator.py)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = device.type == "cuda"

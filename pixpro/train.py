@@ -255,7 +255,7 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
     lr_schedule = warmup_cosine(peak_lr, peak_lr * cfg.optim.min_lr_ratio, total_steps,
                                 round(cfg.optim.warmup_epochs * sampler.steps_per_epoch))
     momentum = momentum_schedule(cfg.momentum, total_steps)
-    optimizer = build_optimizer(unwrap(model), cfg.optim, peak_lr, fused=cuda and cfg.optim.name != "lars")
+    optimizer = build_optimizer(unwrap(model), cfg.optim, peak_lr, fused=cfg.optim.name != "lars")
 
     checkpoint_path = Path(checkpoint_dir) / "last.pt"
     identity = run_config(params)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from pixpro.config import Params, load_params
 from pixpro.errors import PixproError
+
+if TYPE_CHECKING:  # imported where used: `pixpro --help` should not load torch
+    import torch
 
 F = TypeVar("F", bound=Callable)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
@@ -48,4 +50,6 @@ def load(params_path: Path) -> Params:
 
 
 def inference_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,6 +14,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
 app.command("prepare")(prepare.main)
 app.command("synthesize")(prepare.synthesize)
 app.command("pretrain")(pretrain.main)
@@ -25,5 +27,14 @@ app.command("report")(report.main)
 app.command("show-pairs")(show_pairs.main)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Console entry point. Stage modules import torch & co. inside their commands, so each stage
+    loads only what it uses and `--help` is instant."""
+    from pixpro.allocator import restart_with_tuned_malloc
+
+    restart_with_tuned_malloc()  # CPU steps reuse freed memory instead of faulting it in again
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import typer
 
-from pixpro.checkpoint import load_checkpoint
-from pixpro.evaluate import evaluate_segmentation
-from pixpro.features import load_frozen_backbone, split_rows
-from pixpro.io import atomic_write_json, atomic_write_text
-from pixpro.metrics import train_class_names
-from pixpro.probe import probe_from_state
-from pixpro.viz import plot_confusion, plot_overlays
 from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console,
                             inference_device, load, user_errors)
 
@@ -31,6 +23,16 @@ def main(
 ) -> None:
     """Predict every val pixel at the prepared resolution; score one dataset-level confusion
     matrix (mIoU as cityscapesscripts: mean over classes with TP + FP + FN > 0)."""
+    import pandas as pd
+
+    from pixpro.checkpoint import load_checkpoint
+    from pixpro.evaluate import evaluate_segmentation
+    from pixpro.features import load_frozen_backbone, split_rows
+    from pixpro.io import atomic_write_json, atomic_write_text
+    from pixpro.metrics import train_class_names
+    from pixpro.probe import probe_from_state
+    from pixpro.viz import plot_confusion, plot_overlays
+
     cfg = load(params)
     device = inference_device()
     model = load_frozen_backbone(backbone, cfg, checkpoint).to(device)

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from pixpro.checkpoint import save_checkpoint
-from pixpro.features import extract_bank, load_frozen_backbone, split_rows
 from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console,
                             inference_device, load, user_errors)
 
@@ -22,6 +20,9 @@ def main(
 ) -> None:
     """Sample extract.pixels_per_image class-balanced labelled pixels per train image and store
     their L2-normalised features (float16) with labels."""
+    from pixpro.checkpoint import save_checkpoint
+    from pixpro.features import extract_bank, load_frozen_backbone, split_rows
+
     cfg = load(params)
     device = inference_device()
     model = load_frozen_backbone(backbone, cfg, checkpoint).to(device)

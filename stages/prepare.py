@@ -7,8 +7,6 @@ from pathlib import Path
 
 import typer
 
-from pixpro.data import synthetic
-from pixpro.data.prepare import num_workers, parallel_map, run_prepare
 from stages._common import PARAMS_OPTION, err_console, load, user_errors
 
 
@@ -23,6 +21,8 @@ def main(
 
     With data.source=synthetic a street-scene Cityscapes tree is generated from `seed` first.
     """
+    from pixpro.data.prepare import run_prepare
+
     cfg = load(params)
     result = run_prepare(cfg, out, metrics, plots)
     counts = result.manifest["split"].value_counts().to_dict()
@@ -39,6 +39,9 @@ def synthesize(
     `prepare` does this itself for data.source=synthetic; this command lets you inspect the tree
     or use it as data.root with data.source=cityscapes.
     """
+    from pixpro.data import synthetic
+    from pixpro.data.prepare import num_workers, parallel_map
+
     cfg = load(params)
     syn = cfg.data.synthetic
     jobs = synthetic.scene_jobs(out, syn.train, syn.val, syn.cities, cfg.seed, syn.extra)

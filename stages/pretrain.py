@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from pixpro.train import pretrain
 from stages._common import PARAMS_OPTION, err_console, load, user_errors
 
 
@@ -23,5 +22,7 @@ def main(
     Rerunning after an interruption resumes from the last checkpoint. For several GPUs run it
     under `torchrun --nproc_per_node=<pretrain.nproc> --no-python pixpro pretrain` (dvc.yaml does).
     """
+    from pixpro.train import pretrain
+
     cfg = load(params)
     pretrain(cfg, data, out, checkpoints, live, log=err_console.print)

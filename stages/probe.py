@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import typer
 
-from pixpro.checkpoint import save_checkpoint
-from pixpro.data.cityscapes import NUM_CLASSES
-from pixpro.features import load_bank
-from pixpro.io import atomic_write_text
-from pixpro.probe import fit_probe, probe_state
 from stages._common import PARAMS_OPTION, err_console, load, user_errors
 
 
@@ -23,6 +17,14 @@ def main(
     curve: Path = typer.Option(..., help="CSV of the objective per L-BFGS evaluation (a DVC plot)."),
 ) -> None:
     """Fit a multinomial logistic regression (one linear layer) with full-batch L-BFGS."""
+    import pandas as pd
+
+    from pixpro.checkpoint import save_checkpoint
+    from pixpro.data.cityscapes import NUM_CLASSES
+    from pixpro.features import load_bank
+    from pixpro.io import atomic_write_text
+    from pixpro.probe import fit_probe, probe_state
+
     cfg = load(params)
     features = load_bank(bank)
     fit = fit_probe(features.features, features.labels.long(), NUM_CLASSES, cfg.probe)

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from pixpro.io import atomic_write_text
-from pixpro.report import summary_markdown
 from stages._common import err_console, user_errors
 
 
@@ -18,6 +16,9 @@ def main(
     out: Path = typer.Option(Path("reports/summary.md"), help="Markdown summary to write."),
 ) -> None:
     """Tabulate pretrained vs random, overall and per class, with the gain."""
+    from pixpro.io import atomic_write_text
+    from pixpro.report import summary_markdown
+
     text = summary_markdown(segmentation, retrieval)
     atomic_write_text(out, text)
     err_console.print(text)

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
-from PIL import Image
 
-from pixpro.features import load_bank, load_frozen_backbone, split_rows
-from pixpro.io import atomic_write_json
-from pixpro.metrics import train_class_names
-from pixpro.retrieval import run_retrieval
-from pixpro.viz import plot_retrieval
 from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console,
                             inference_device, load, user_errors)
 
@@ -29,6 +22,15 @@ def main(
 ) -> None:
     """Cosine top-k retrieval of class-stratified val query pixels from the train bank, and a
     k-NN label for every labelled val pixel."""
+    import numpy as np
+    from PIL import Image
+
+    from pixpro.features import load_bank, load_frozen_backbone, split_rows
+    from pixpro.io import atomic_write_json
+    from pixpro.metrics import train_class_names
+    from pixpro.retrieval import run_retrieval
+    from pixpro.viz import plot_retrieval
+
     cfg = load(params)
     device = inference_device()
     model = load_frozen_backbone(backbone, cfg, checkpoint).to(device)

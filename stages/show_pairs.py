@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 import typer
 
-from pixpro.data.views import IMAGENET_MEAN, IMAGENET_STD, TwoViewDataset, load_image_tensor
-from pixpro.geometry import sample_positive_pairs
-from pixpro.train import pretraining_images
-from pixpro.viz import plot_pairs
 from stages._common import DATA_OPTION, PARAMS_OPTION, err_console, load, user_errors
+
+if TYPE_CHECKING:  # imported where used: `pixpro --help` should not load torch
+    import numpy as np
+    import torch
 
 
 def _to_rgb(view: torch.Tensor) -> np.ndarray:
     """(3, h, w) normalised -> (h, w, 3) uint8."""
+    import torch
+
+    from pixpro.data.views import IMAGENET_MEAN, IMAGENET_STD
+
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     return ((view * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
 
@@ -32,6 +35,13 @@ def main(
 ) -> None:
     """Show what pretraining sees: the two views' boxes on the image, and lines joining the
     positive pixel pairs found between the views (with the params' crop, flip and threshold)."""
+    import torch
+
+    from pixpro.data.views import TwoViewDataset, load_image_tensor
+    from pixpro.geometry import sample_positive_pairs
+    from pixpro.train import pretraining_images
+    from pixpro.viz import plot_pairs
+
     cfg = load(params)
     paths = pretraining_images(data)
     dataset = TwoViewDataset(paths, cfg.pretrain.views, cfg.seed)

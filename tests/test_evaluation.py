@@ -468,13 +468,19 @@ def _find_key(tree, key: str) -> list:
     return found
 
 
-def test_whole_pipeline_and_an_experiment_in_a_copy_of_the_repo(tmp_path):
+def tiny_pipeline_repo(tmp_path: Path) -> Path:
+    """A committed git copy of the working tree, with the tiny pipeline params and no dvc.lock."""
     repo = tmp_path / "repo"
     repo.mkdir()
     _copy_repo(repo)
     (repo / "dvc.lock").unlink(missing_ok=True)  # the main checkout's lock describes its own params
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(PIPELINE_PARAMS), sort_keys=False))
     _commit(repo, "copy for the test")
+    return repo
+
+
+def test_whole_pipeline_and_an_experiment_in_a_copy_of_the_repo(tmp_path):
+    repo = tiny_pipeline_repo(tmp_path)
 
     _run(["dvc", "repro"], repo, timeout=600)
     for name in ("pretrained", "random"):

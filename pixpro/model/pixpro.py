@@ -46,17 +46,29 @@ class PixPro(nn.Module):
 
     def forward(self, views1: Tensor, views2: Tensor, pairs: PixelPairs) -> Tensor:
         """views1, views2 (B, 3, h, w) -> scalar PixPro loss over the pairs."""
-        features = self.backbone(torch.cat([views1, views2]))  # (2B, C, h, w)
-        feat1, feat2 = features.chunk(2)
-        online1 = self.propagate(feat1, pairs.index1)  # (B, P, D)
-        online2 = self.propagate(feat2, pairs.index2)
+        views = torch.cat([views1, views2])  # (2B, 3, h, w): one backbone call per network
+        index = torch.cat([pairs.index1, pairs.index2])  # (2B, P), rows match the stacked views
+        # Both views in one propagate(): the gather's backward then writes the single dense map
+        # gradient the backbone needs anyway, instead of one per view plus their concatenation.
+        online = self.propagate(self.backbone(views), index)  # (2B, P, D)
         with torch.no_grad():
-            target = self.target_backbone(torch.cat([views1, views2]))  # (2B, C, h, w)
-            tgt1, tgt2 = target.chunk(2)
-            pixels = torch.cat([gather_pixels(tgt1, pairs.index1), gather_pixels(tgt2, pairs.index2)])
-            projected = self.target_projector(pixels.flatten(0, 1)).view(*pixels.shape[:2], -1)
-            target1, target2 = projected.float().chunk(2)  # (B, P, D) each
-        return pixpro_pair_loss(online1.float(), target2, online2.float(), target1, pairs.valid)
+            target = self.project_target(self.target_backbone(views), index)
+        return self.pair_loss(online, target, pairs.valid)
+
+    def project_target(self, target_map: Tensor, index: Tensor) -> Tensor:
+        """target_map (2B, C, h, w), index (2B, P) -> target projections (2B, P, D), float32."""
+        pixels = gather_pixels(target_map, index)  # (2B, P, C)
+        return self.target_projector(pixels.flatten(0, 1)).view(*pixels.shape[:2], -1).float()
+
+    @staticmethod
+    def pair_loss(online: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        """online, target (2B, P, D) with view 1 in the first half; valid (B, P) -> scalar.
+
+        Symmetric: view 1's propagated features predict view 2's target, and vice versa.
+        """
+        online1, online2 = online.float().chunk(2)
+        target1, target2 = target.chunk(2)
+        return pixpro_pair_loss(online1, target2, online2, target1, valid)
 
     def propagate(self, features: Tensor, index: Tensor) -> Tensor:
         """features (B, C, h, w), index (B, P) -> PPM output y (B, P, D) at those pixels."""
@@ -64,10 +76,10 @@ class PixPro(nn.Module):
         if self.window is None:
             pixels = features.flatten(2).transpose(1, 2)  # (B, hw, C)
             projected = self.projector(pixels.flatten(0, 1)).view(batch, height * width, -1)
-            transformed = self.transform(projected.flatten(0, 1)).view_as(projected)
             unit = F.normalize(projected, dim=-1)
             centre = unit.gather(1, index[..., None].expand(-1, -1, unit.shape[-1]))  # (B, P, D)
-            return global_propagation(centre, unit, transformed, self.gamma)
+            return self._transform_sum(global_propagation(centre, unit, self._propagated_values(projected),
+                                                          self.gamma))
 
         window_index, inside = window_indices(index, (height, width), self.window)  # (B, P, K)
         # Neighbouring windows overlap: project each needed pixel once.
@@ -76,15 +88,34 @@ class PixPro(nn.Module):
         flat = features.flatten(2)  # (B, C, hw), a view
         pixels = flat[needed // (height * width), :, needed % (height * width)]  # (U, C)
         projected = self.projector(pixels)  # (U, D)
-        transformed = self.transform(projected)
         unit = F.normalize(projected, dim=-1)  # once per distinct pixel, not per window copy
-        window = unit[inverse]  # (B, P, K, D)
-        window_t = transformed[inverse]
+        values = self._propagated_values(projected)  # (U, D) or (U, D + 1)
         centre_slot = (self.window // 2) * self.window + self.window // 2
         centre = unit[inverse[:, :, centre_slot]]  # (B, P, D)
-        out = local_propagation(centre.flatten(0, 1), window.flatten(0, 1), window_t.flatten(0, 1),
-                                inside.flatten(0, 1), self.gamma)  # (B*P, D)
-        return out.view(batch, index.shape[1], -1)
+        out = local_propagation(centre.flatten(0, 1), unit[inverse].flatten(0, 1), values[inverse].flatten(0, 1),
+                                inside.flatten(0, 1), self.gamma)  # (B*P, D or D + 1)
+        return self._transform_sum(out).view(batch, index.shape[1], -1)
+
+    def _propagated_values(self, projected: Tensor) -> Tensor:
+        """What the PPM sums over a window, from projected pixels x (..., D).
+
+        A nonlinear g() is applied to every pixel: g(x) (..., D). A linear g(x) = A x + b commutes
+        with the sum, sum_j s_ij g(x_j) = A sum_j s_ij x_j + b sum_j s_ij, so it is applied after
+        propagation to the P pair pixels instead of every window pixel: this returns x with a ones
+        column (..., D + 1) whose sum is sum_j s_ij, and _transform_sum finishes the job.
+        """
+        if isinstance(self.transform, nn.Identity):
+            return projected
+        if isinstance(self.transform, nn.Linear):
+            return torch.cat([projected, projected.new_ones(*projected.shape[:-1], 1)], dim=-1)
+        return self.transform(projected)
+
+    def _transform_sum(self, summed: Tensor) -> Tensor:
+        """(..., D + 1) from a linear g's values -> A z + b * total (..., D); otherwise unchanged."""
+        if isinstance(self.transform, nn.Linear):
+            weighted, total = summed[..., :-1], summed[..., -1:]
+            return F.linear(weighted, self.transform.weight) + total * self.transform.bias
+        return summed
 
     @torch.no_grad()
     def momentum_update(self, momentum: float) -> None:
@@ -93,5 +124,4 @@ class PixPro(nn.Module):
             online_params = list(online.parameters())
             target_params = list(target.parameters())
             torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
-            for buf_online, buf_target in zip(online.buffers(), target.buffers()):
-                buf_target.copy_(buf_online)
+            torch._foreach_copy_(list(target.buffers()), list(online.buffers()))
