@@ -7,7 +7,8 @@ dataset confusion matrix, trainId PNGs written to a temporary folder, evaluate.o
 overlays kept. The backbone is the stage's `random` one (load_frozen_backbone: eval mode,
 frozen), on the device the stage would use.
 
-CPU threads: 1 by default (--threads), see benchmarks/step_cost.py.
+CPU threads: 1 by default (--threads), see benchmarks/step_cost.py. Allocator: restarts itself with
+the `pixpro` command's glibc malloc tunables (pixpro/allocator.py; PIXPRO_MALLOC=default to skip).
 
 Bare = `backbone(images)` under no_grad on the same images, already normalised and on the
 device, in batches of the same size.

@@ -183,7 +183,7 @@ def _head(torch, model, cfg, device, features, target, pairs) -> None:
     """What PixPro.forward does after its two backbone calls, then backward."""
     index = torch.cat([pairs.index1, pairs.index2])
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
-        online = model.propagate(features, index)
+        online = model.propagate(features, index, groups=2)
         with torch.no_grad():
             projected = model.project_target(target, index)
         loss = model.pair_loss(online, projected, pairs.valid)
@@ -321,7 +321,7 @@ def step_memory_child(device_name: str, size: tuple[int, int], params_path: str,
             features = model.backbone(views)
             if with_head:
                 index = torch.cat([pairs.index1, pairs.index2])
-                loss = model.pair_loss(model.propagate(features, index), model.project_target(target, index),
+                loss = model.pair_loss(model.propagate(features, index, groups=2), model.project_target(target, index),
                                        pairs.valid)
                 loss.backward()
             else:

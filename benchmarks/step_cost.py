@@ -175,7 +175,7 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
 
     def head():
         with autocast():
-            loss = model.pair_loss(model.propagate(feats, index), target, pairs.valid)
+            loss = model.pair_loss(model.propagate(feats, index, groups=2), target, pairs.valid)
         loss.backward()
         feats.grad = None
 

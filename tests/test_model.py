@@ -61,6 +61,45 @@ def test_local_equals_global_when_the_window_covers_the_map():
     assert torch.allclose(y_local, y_global, atol=1e-5)
 
 
+@pytest.mark.parametrize("layers", [0, 1, 2])
+@pytest.mark.parametrize("window", [3, None])
+def test_propagate_is_the_ppm_with_g_applied_to_every_pixel(layers, window):
+    # propagate() applies a linear g() after the weighted sum; it must equal the PPM as defined:
+    # y_i = sum_j max(cos(x_i, x_j), 0)^gamma g(x_j) over j in i's window (or the whole map).
+    torch.manual_seed(0)
+    cfg = tiny_config(window=window or 3)
+    cfg = dataclasses.replace(cfg, ppm=dataclasses.replace(cfg.ppm, window=window, transform_layers=layers))
+    model = PixPro(cfg).eval()  # eval: BN uses running statistics, so every pixel is projected alike
+    features = torch.randn(1, 8, 5, 6)
+    index = torch.tensor([[0, 7, 29]])
+    y = model.propagate(features, index)
+    with torch.no_grad():
+        x = model.projector(features.flatten(2).transpose(1, 2)[0])  # (30, D), every pixel
+        g = model.transform(x)
+        for n, i in enumerate(index[0].tolist()):
+            r, c = divmod(i, 6)
+            neighbours = [rr * 6 + cc for rr in range(5) for cc in range(6)
+                          if window is None or (abs(rr - r) <= window // 2 and abs(cc - c) <= window // 2)]
+            s = F.cosine_similarity(x[i][None], x[neighbours], dim=-1).clamp(min=0) ** cfg.ppm.gamma
+            assert torch.allclose(y[0, n], (s[:, None] * g[neighbours]).sum(0), atol=1e-4), (layers, window, n)
+
+
+@pytest.mark.parametrize("window", [3, None])
+def test_grouped_propagate_equals_each_view_propagated_alone(window):
+    # forward() propagates both views in one call (one dense map gradient) with groups=2; the
+    # projector's BatchNorm must still see each view's pixels alone, as two calls would.
+    torch.manual_seed(0)
+    cfg = tiny_config(window=3)
+    cfg = dataclasses.replace(cfg, ppm=dataclasses.replace(cfg.ppm, window=window, transform_layers=2))
+    model = PixPro(cfg).train()
+    features = torch.randn(4, 8, 6, 7)  # views 1 of two images, then their views 2
+    index = torch.randint(0, 42, (4, 5))
+    joint = model.propagate(features, index, groups=2)
+    alone = torch.cat([model.propagate(features[:2], index[:2]), model.propagate(features[2:], index[2:])])
+    assert torch.allclose(joint, alone, atol=1e-5)
+    assert not torch.allclose(model.propagate(features, index), alone, atol=1e-3)  # BN over both differs
+
+
 def test_global_propagation_matches_a_loop():
     torch.manual_seed(0)
     centre, pixels, transformed = torch.randn(1, 3, 4), torch.randn(1, 6, 4), torch.randn(1, 6, 4)

@@ -50,7 +50,7 @@ class PixPro(nn.Module):
         index = torch.cat([pairs.index1, pairs.index2])  # (2B, P), rows match the stacked views
         # Both views in one propagate(): the gather's backward then writes the single dense map
         # gradient the backbone needs anyway, instead of one per view plus their concatenation.
-        online = self.propagate(self.backbone(views), index)  # (2B, P, D)
+        online = self.propagate(self.backbone(views), index, groups=2)  # (2B, P, D), BN per view
         with torch.no_grad():
             target = self.project_target(self.target_backbone(views), index)
         return self.pair_loss(online, target, pairs.valid)
@@ -70,45 +70,61 @@ class PixPro(nn.Module):
         target1, target2 = target.chunk(2)
         return pixpro_pair_loss(online1, target2, online2, target1, valid)
 
-    def propagate(self, features: Tensor, index: Tensor) -> Tensor:
-        """features (B, C, h, w), index (B, P) -> PPM output y (B, P, D) at those pixels."""
+    def propagate(self, features: Tensor, index: Tensor, groups: int = 1) -> Tensor:
+        """features (B, C, h, w), index (B, P) -> PPM output y (B, P, D) at those pixels.
+
+        The batch is `groups` equal chunks (forward passes 2: the views) whose pixels get their own
+        BatchNorm statistics in the projector and g(), as if each chunk were projected alone.
+        """
         batch, _, height, width = features.shape
         if self.window is None:
-            pixels = features.flatten(2).transpose(1, 2)  # (B, hw, C)
-            projected = self.projector(pixels.flatten(0, 1)).view(batch, height * width, -1)
+            pixels = features.flatten(2).transpose(1, 2).flatten(0, 1)  # (B*hw, C)
+            sizes = [len(pixels) // groups] * groups
+            projected = self._grouped(self.projector, pixels, sizes).view(batch, height * width, -1)
             unit = F.normalize(projected, dim=-1)
             centre = unit.gather(1, index[..., None].expand(-1, -1, unit.shape[-1]))  # (B, P, D)
-            return self._transform_sum(global_propagation(centre, unit, self._propagated_values(projected),
-                                                          self.gamma))
+            values = self._propagated_values(projected.flatten(0, 1), sizes).view(batch, height * width, -1)
+            return self._transform_sum(global_propagation(centre, unit, values, self.gamma))
 
         window_index, inside = window_indices(index, (height, width), self.window)  # (B, P, K)
         # Neighbouring windows overlap: project each needed pixel once.
         offset = torch.arange(batch, device=index.device)[:, None, None] * (height * width)
         needed, inverse = torch.unique(window_index + offset, return_inverse=True)  # (U,), (B, P, K)
+        # `needed` is sorted, so each group's pixels are one slice (unique has synced already).
+        bounds = torch.arange(1, groups + 1, device=needed.device) * (batch // groups * height * width)
+        ends = torch.searchsorted(needed, bounds).tolist()
+        sizes = [end - start for start, end in zip([0, *ends[:-1]], ends)]
         flat = features.flatten(2)  # (B, C, hw), a view
         pixels = flat[needed // (height * width), :, needed % (height * width)]  # (U, C)
-        projected = self.projector(pixels)  # (U, D)
+        projected = self._grouped(self.projector, pixels, sizes)  # (U, D)
         unit = F.normalize(projected, dim=-1)  # once per distinct pixel, not per window copy
-        values = self._propagated_values(projected)  # (U, D) or (U, D + 1)
+        values = self._propagated_values(projected, sizes)  # (U, D) or (U, D + 1)
         centre_slot = (self.window // 2) * self.window + self.window // 2
         centre = unit[inverse[:, :, centre_slot]]  # (B, P, D)
         out = local_propagation(centre.flatten(0, 1), unit[inverse].flatten(0, 1), values[inverse].flatten(0, 1),
                                 inside.flatten(0, 1), self.gamma)  # (B*P, D or D + 1)
         return self._transform_sum(out).view(batch, index.shape[1], -1)
 
-    def _propagated_values(self, projected: Tensor) -> Tensor:
-        """What the PPM sums over a window, from projected pixels x (..., D).
+    @staticmethod
+    def _grouped(module: nn.Module, rows: Tensor, sizes: list[int]) -> Tensor:
+        """module applied to consecutive row slices of the given sizes: (N, ...) -> (N, ...)."""
+        if len(sizes) == 1:
+            return module(rows)
+        return torch.cat([module(part) for part in rows.split(sizes)])
 
-        A nonlinear g() is applied to every pixel: g(x) (..., D). A linear g(x) = A x + b commutes
+    def _propagated_values(self, projected: Tensor, sizes: list[int]) -> Tensor:
+        """What the PPM sums over a window, from projected pixels x (N, D) in groups of `sizes`.
+
+        A nonlinear g() is applied to every pixel: g(x) (N, D). A linear g(x) = A x + b commutes
         with the sum, sum_j s_ij g(x_j) = A sum_j s_ij x_j + b sum_j s_ij, so it is applied after
         propagation to the P pair pixels instead of every window pixel: this returns x with a ones
-        column (..., D + 1) whose sum is sum_j s_ij, and _transform_sum finishes the job.
+        column (N, D + 1) whose sum is sum_j s_ij, and _transform_sum finishes the job.
         """
         if isinstance(self.transform, nn.Identity):
             return projected
         if isinstance(self.transform, nn.Linear):
-            return torch.cat([projected, projected.new_ones(*projected.shape[:-1], 1)], dim=-1)
-        return self.transform(projected)
+            return torch.cat([projected, projected.new_ones(len(projected), 1)], dim=-1)
+        return self._grouped(self.transform, projected, sizes)
 
     def _transform_sum(self, summed: Tensor) -> Tensor:
         """(..., D + 1) from a linear g's values -> A z + b * total (..., D); otherwise unchanged."""
