@@ -514,6 +514,13 @@ def test_whole_pipeline_and_an_experiment_in_a_copy_of_the_repo(tmp_path):
     mious = [v for v in _find_key(shown, "miou") if isinstance(v, (int, float))]
     assert len(mious) >= 4, shown  # baseline and experiment, both backbones
 
+    # The page a user opens: training curves, per-class IoU bars and the evaluation pictures.
+    _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots_html")], repo, timeout=120)
+    page = (tmp_path / "plots_html" / "index.html").read_text()
+    for expected in ("plots/metrics/train/loss.tsv", "Per-class IoU", "Class frequency (train)",
+                     "plots/evaluate/pretrained/confusion.png", "plots/retrieval/random/query_0.png"):
+        assert expected in page, expected
+
     # A dry run after changing another pretraining parameter plans pretraining, and neither
     # prepare nor the random branch. (A dry run cannot know whether the new backbone file will
     # differ, so it lists the @pretrained stages as unchanged; the experiment above reran them.)
