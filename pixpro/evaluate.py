@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,35 @@ def check_same_size(prediction: Tensor, mask: Tensor, name: str) -> None:
                         f"{tuple(mask.shape[-2:])}")
 
 
+class BoundedWriter:
+    """Runs writes in background threads with at most `limit` of them queued or running.
+
+    Predictions wait in the queue as full-size arrays: unbounded, a slow disk at Cityscapes
+    resolution would hold the whole val set in memory. submit() blocks on the oldest write
+    once the limit is reached; a failed write re-raises there or in wait().
+    """
+
+    def __init__(self, threads: int, limit: int):
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.limit = limit
+        self.pending: deque[Future] = deque()
+
+    def submit(self, fn, *args) -> None:
+        while len(self.pending) >= self.limit:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def __enter__(self) -> "BoundedWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True)
+
+
 @torch.no_grad()
 def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFrame, batch_size: int,
                           device: torch.device, predictions_dir: Path, overlays: int) -> Evaluation:
@@ -68,8 +98,7 @@ def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFr
     probe = probe.to(device)
     # PNG encoding runs in threads (it releases the GIL) so it overlaps the next forward pass.
     # Each write's future is checked: a failed write (disk full) must fail the stage.
-    pending: list[Future] = []
-    with ThreadPoolExecutor(max_workers=2) as writer:
+    with BoundedWriter(threads=2, limit=2 * batch_size) as writer:
         for batch in labelled_batches(rows, batch_size, description="evaluate"):
             prediction = predict(backbone, probe, batch.image.to(device)).cpu()  # (B, H, W)
             for b, index in enumerate(batch.index):
@@ -78,12 +107,11 @@ def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFr
             for b, index in enumerate(batch.index):
                 image_path = Path(rows.iloc[index]["image"])
                 array = prediction[b].numpy().astype(np.uint8)
-                pending.append(writer.submit(save_prediction, array, predictions_dir / image_path.name))
+                writer.submit(save_prediction, array, predictions_dir / image_path.name)
                 if len(kept) < overlays:
                     kept.append(Overlay(np.asarray(Image.open(image_path).convert("RGB")),
                                         batch.mask[b].numpy().astype(np.uint8), array))
-        for future in pending:
-            future.result()  # re-raises a failed write
+        writer.wait()  # re-raises a failed write
     return Evaluation(accumulator.scores(), accumulator.conf, kept)
 
 

@@ -152,7 +152,13 @@ class StepLog:
     def flush(self) -> dict[str, float]:
         """Raise TrainingDiverged at the first non-finite loss; else return averaged stats."""
         steps = [s for s, *_ in self.pending]
-        losses = torch.stack([l.float() for _, l, _, _ in self.pending]).cpu()
+        losses = torch.stack([l.float() for _, l, _, _ in self.pending])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Mean over ranks = the loss over all ranks' pairs (see pair_normaliser); every rank
+            # then sees a NaN at the same step and stops together instead of waiting on a dead peer.
+            dist.all_reduce(losses)
+            losses /= dist.get_world_size()
+        losses = losses.cpu()
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             raise TrainingDiverged(f"loss became {losses[bad[0, 0]].item()} at step {steps[bad[0, 0]] + 1}")
@@ -348,12 +354,24 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: ViewPa
         batch.box1.to(device), batch.box2.to(device), tuple(cfg.views.size), tuple(cfg.views.size), image_size,
         cfg.pairs.candidates, cfg.pairs.neighbours, cfg.pairs.num, cfg.pairs.dist_thresh, generator)
     with autocast:
-        loss = model(view1, view2, pairs)
+        loss = model(view1, view2, pairs, pair_normaliser(pairs.valid))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     unwrap(model).momentum_update(momentum)
     return loss, pairs.count
+
+
+def pair_normaliser(valid: torch.Tensor) -> Optional[torch.Tensor]:
+    """Denominator that makes DDP's gradient the mean over all ranks' valid pairs, or None on one
+    process. DDP averages gradients over ranks, so each rank divides its pair-loss sum by the
+    global count / world size (at least 1 / world size: no valid pair anywhere gives loss 0)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    world = dist.get_world_size()
+    total = valid.sum().float()
+    dist.all_reduce(total)
+    return total.clamp(min=1.0) / world
 
 
 def export_backbone(model: PixPro, params: Params, step: int) -> dict:

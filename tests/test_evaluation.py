@@ -23,7 +23,7 @@ from pixpro.config import ProbeConfig, params_from_dict
 from pixpro.data.cityscapes import IGNORE, NUM_CLASSES
 from pixpro.data.prepare import run_prepare
 from pixpro.errors import CheckpointError, ConfigError, DataError, PixproError
-from pixpro.evaluate import check_same_size, evaluate_segmentation
+from pixpro.evaluate import BoundedWriter, check_same_size, evaluate_segmentation
 from pixpro.features import (
     balanced_pixels,
     extract_bank,
@@ -550,3 +550,33 @@ def test_predict_equals_the_probe_on_normalised_features():
         backbone.bias.zero_()  # zero input rows give exactly zero features there
         expected = probe(F.normalize(backbone(images), dim=1).permute(0, 2, 3, 1)).argmax(-1)
         assert torch.equal(predict(backbone, probe, images), expected)
+
+
+def test_bounded_writer_never_holds_more_than_its_limit_and_reraises_failures():
+    import threading
+    import time
+
+    lock, state = threading.Lock(), {"open": 0, "most": 0}
+
+    def slow_write(_):
+        time.sleep(0.01)
+        with lock:
+            state["open"] -= 1
+
+    with BoundedWriter(threads=2, limit=3) as writer:
+        for i in range(20):
+            with lock:  # counted before submit: queued or running, not yet finished
+                state["open"] += 1
+                state["most"] = max(state["most"], state["open"])
+            writer.submit(slow_write, i)
+        writer.wait()
+    assert state["open"] == 0
+    assert state["most"] <= 3 + 1  # the limit, plus the one being submitted
+
+    def failing(_):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"), BoundedWriter(threads=1, limit=2) as writer:
+        for i in range(5):
+            writer.submit(failing, i)
+        writer.wait()

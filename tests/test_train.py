@@ -17,6 +17,7 @@ from pixpro import train as train_module
 from pixpro.config import params_from_dict
 from pixpro.data.prepare import run_prepare
 from pixpro.errors import ConfigError, TrainingDiverged
+from pixpro.losses import pixpro_pair_loss
 from pixpro.model.pixpro import PixPro
 from pixpro.schedules import momentum_schedule, warmup_cosine
 from tests.conftest import tiny_params
@@ -201,3 +202,50 @@ def test_ddp_two_processes_match_one(prepared_identical, tmp_path):
     expected, actual = _update(tmp_path / "single", initial), _update(tmp_path / "ddp", initial)
     assert expected.norm() > 0.1
     assert (actual - expected).norm() / expected.norm() < 1e-3
+
+
+def _normaliser_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        online, target, valid = _uneven_pairs()
+        weight = torch.ones(4, requires_grad=True)  # a stand-in for the model's parameters
+        o = online[rank] * weight
+        loss = pixpro_pair_loss(o, target[rank], o, target[rank], valid[rank],
+                                train_module.pair_normaliser(valid[rank]))
+        loss.backward()
+        dist.all_reduce(weight.grad)  # what DDP does with gradients: the mean over ranks
+        weight.grad /= 2
+        if rank == 0:
+            torch.save(weight.grad, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _uneven_pairs():
+    """Two ranks' batches (1, 5, 4) with 5 and 1 valid pairs."""
+    gen = torch.Generator().manual_seed(0)
+    online, target = torch.randn(2, 1, 5, 4, generator=gen), torch.randn(2, 1, 5, 4, generator=gen)
+    valid = torch.tensor([[[True] * 5], [[True, False, False, False, False]]])
+    return online, target, valid
+
+
+def test_ddp_gradient_is_the_mean_over_all_ranks_pairs(tmp_path):
+    # Ranks with unequal valid-pair counts: the averaged gradient must equal the gradient of the
+    # loss over all 6 pairs pooled, not the mean of the two ranks' per-rank means.
+    assert train_module.pair_normaliser(torch.ones(3, dtype=torch.bool)) is None  # one process
+    mp.start_processes(_normaliser_worker, args=(_free_port(), str(tmp_path / "grad.pt")), nprocs=2,
+                       start_method="spawn")
+    online, target, valid = _uneven_pairs()
+    weight = torch.ones(4, requires_grad=True)
+    pooled = (online * weight).reshape(1, 10, 4)
+    pixpro_pair_loss(pooled, target.reshape(1, 10, 4), pooled, target.reshape(1, 10, 4),
+                     valid.reshape(1, 10)).backward()
+    mean_of_means = sum(torch.autograd.grad(
+        pixpro_pair_loss(online[r] * weight, target[r], online[r] * weight, target[r], valid[r]), weight)[0]
+        for r in range(2)) / 2
+    ddp = torch.load(tmp_path / "grad.pt")
+    assert torch.allclose(ddp, weight.grad, atol=1e-6)
+    assert not torch.allclose(ddp, mean_of_means, atol=1e-3)

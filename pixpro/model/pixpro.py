@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -44,8 +45,9 @@ class PixPro(nn.Module):
     def online_pairs(self):
         return ((self.backbone, self.target_backbone), (self.projector, self.target_projector))
 
-    def forward(self, views1: Tensor, views2: Tensor, pairs: PixelPairs) -> Tensor:
-        """views1, views2 (B, 3, h, w) -> scalar PixPro loss over the pairs."""
+    def forward(self, views1: Tensor, views2: Tensor, pairs: PixelPairs, normaliser: Optional[Tensor] = None) -> Tensor:
+        """views1, views2 (B, 3, h, w) -> scalar PixPro loss over the pairs (divided by
+        `normaliser` () instead of the batch's valid-pair count when given)."""
         views = torch.cat([views1, views2])  # (2B, 3, h, w): one backbone call per network
         index = torch.cat([pairs.index1, pairs.index2])  # (2B, P), rows match the stacked views
         # Both views in one propagate(): the gather's backward then writes the single dense map
@@ -53,7 +55,7 @@ class PixPro(nn.Module):
         online = self.propagate(self.backbone(views), index, groups=2)  # (2B, P, D), BN per view
         with torch.no_grad():
             target = self.project_target(self.target_backbone(views), index)
-        return self.pair_loss(online, target, pairs.valid)
+        return self.pair_loss(online, target, pairs.valid, normaliser)
 
     def project_target(self, target_map: Tensor, index: Tensor) -> Tensor:
         """target_map (2B, C, h, w), index (2B, P) -> target projections (2B, P, D), float32."""
@@ -61,14 +63,14 @@ class PixPro(nn.Module):
         return self.target_projector(pixels.flatten(0, 1)).view(*pixels.shape[:2], -1).float()
 
     @staticmethod
-    def pair_loss(online: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    def pair_loss(online: Tensor, target: Tensor, valid: Tensor, normaliser: Optional[Tensor] = None) -> Tensor:
         """online, target (2B, P, D) with view 1 in the first half; valid (B, P) -> scalar.
 
         Symmetric: view 1's propagated features predict view 2's target, and vice versa.
         """
         online1, online2 = online.float().chunk(2)
         target1, target2 = target.chunk(2)
-        return pixpro_pair_loss(online1, target2, online2, target1, valid)
+        return pixpro_pair_loss(online1, target2, online2, target1, valid, normaliser)
 
     def propagate(self, features: Tensor, index: Tensor, groups: int = 1) -> Tensor:
         """features (B, C, h, w), index (B, P) -> PPM output y (B, P, D) at those pixels.
