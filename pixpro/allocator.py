@@ -45,7 +45,11 @@ def restart_with_tuned_malloc() -> None:
     """Re-execute this Python process (same PID, arguments and interpreter options) with the
     tunables set; returns only if nothing needs to change. Call it before any real work."""
     env = tuned_environment(os.environ)
-    if env is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
+    if env is None or not sys.executable:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
         os.execve(sys.executable, sys.orig_argv, env)
+    except OSError:  # e.g. an interpreter path that vanished: run on with glibc's defaults
+        return

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from pixpro import allocator
 from pixpro.allocator import TUNABLES, tuned_environment
 from tests.conftest import REPO
 
@@ -65,3 +66,12 @@ def test_cli_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_failed_restart_runs_on_untuned(monkeypatch):
+    def cannot_exec(*args):
+        raise OSError("no such interpreter")
+
+    monkeypatch.setattr(allocator.os, "execve", cannot_exec)
+    monkeypatch.setattr(allocator, "tuned_environment", lambda environ: {"GLIBC_TUNABLES": "x"})
+    allocator.restart_with_tuned_malloc()  # returns instead of raising
