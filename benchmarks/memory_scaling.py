@@ -181,12 +181,8 @@ def _inputs(torch, device, cfg, size: tuple[int, int], seed: int = 0):
 
 def _head(torch, model, cfg, device, features, target, pairs) -> None:
     """What PixPro.forward does after its two backbone calls, then backward."""
-    index = torch.cat([pairs.index1, pairs.index2])
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
-        online = model.propagate(features, index, groups=2)
-        with torch.no_grad():
-            projected = model.project_target(target, index)
-        loss = model.pair_loss(online, projected, pairs.valid)
+        loss = model.loss_from_maps(features, target, pairs)
     loss.backward()
 
 
@@ -319,13 +315,10 @@ def step_memory_child(device_name: str, size: tuple[int, int], params_path: str,
     def step(views, target, pairs):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp):
             features = model.backbone(views)
-            if with_head:
-                index = torch.cat([pairs.index1, pairs.index2])
-                loss = model.pair_loss(model.propagate(features, index, groups=2), model.project_target(target, index),
-                                       pairs.valid)
-                loss.backward()
-            else:
-                features.backward(torch.ones_like(features))
+        if with_head:
+            _head(torch, model, cfg, device, features, target, pairs)
+        else:
+            features.backward(torch.ones_like(features))
         model.zero_grad(set_to_none=True)
 
     for shape in (WARMUP_SIZE, size):

@@ -153,11 +153,11 @@ class StepLog:
         """Raise TrainingDiverged at the first non-finite loss; else return averaged stats."""
         steps = [s for s, *_ in self.pending]
         losses = torch.stack([l.float() for _, l, _, _ in self.pending])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if distributed_world_size() > 1:
             # Mean over ranks = the loss over all ranks' pairs (see pair_normaliser); every rank
             # then sees a NaN at the same step and stops together instead of waiting on a dead peer.
             dist.all_reduce(losses)
-            losses /= dist.get_world_size()
+            losses /= distributed_world_size()
         losses = losses.cpu()
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
@@ -366,12 +366,16 @@ def pair_normaliser(valid: torch.Tensor) -> Optional[torch.Tensor]:
     """Denominator that makes DDP's gradient the mean over all ranks' valid pairs, or None on one
     process. DDP averages gradients over ranks, so each rank divides its pair-loss sum by the
     global count / world size (at least 1 / world size: no valid pair anywhere gives loss 0)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if distributed_world_size() == 1:
         return None
-    world = dist.get_world_size()
     total = valid.sum().float()
     dist.all_reduce(total)
-    return total.clamp(min=1.0) / world
+    return total.clamp(min=1.0) / distributed_world_size()
+
+
+def distributed_world_size() -> int:
+    """Processes in the initialised process group; 1 without one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def export_backbone(model: PixPro, params: Params, step: int) -> dict:

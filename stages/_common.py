@@ -16,6 +16,7 @@ from pixpro.errors import PixproError
 
 if TYPE_CHECKING:  # imported where used: `pixpro --help` should not load torch
     import torch
+    from torch import nn
 
 F = TypeVar("F", bound=Callable)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
@@ -49,7 +50,11 @@ def load(params_path: Path) -> Params:
     return load_params(params_path)
 
 
-def inference_device() -> torch.device:
+def frozen_backbone(kind: str, cfg: Params, checkpoint: Path) -> tuple[nn.Module, torch.device]:
+    """The stage's frozen `kind` backbone, on CUDA when present, else the CPU; and that device."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from pixpro.features import load_frozen_backbone
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return load_frozen_backbone(kind, cfg, checkpoint).to(device), device

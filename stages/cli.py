@@ -14,8 +14,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
 app.command("prepare")(prepare.main)
 app.command("synthesize")(prepare.synthesize)
 app.command("pretrain")(pretrain.main)

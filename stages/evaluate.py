@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console,
-                            inference_device, load, user_errors)
+                            frozen_backbone, load, user_errors)
 
 
 @user_errors("evaluate")
@@ -27,15 +27,14 @@ def main(
 
     from pixpro.checkpoint import load_checkpoint
     from pixpro.evaluate import evaluate_segmentation
-    from pixpro.features import load_frozen_backbone, split_rows
+    from pixpro.features import split_rows
     from pixpro.io import atomic_write_json, atomic_write_text
     from pixpro.metrics import train_class_names
     from pixpro.probe import probe_from_state
     from pixpro.viz import plot_confusion, plot_overlays
 
     cfg = load(params)
-    device = inference_device()
-    model = load_frozen_backbone(backbone, cfg, checkpoint).to(device)
+    model, device = frozen_backbone(backbone, cfg, checkpoint)
     linear = probe_from_state(load_checkpoint(probe, "probe"), cfg.pretrain.backbone.dim, str(probe))
     rows = split_rows(data, "val")
     result = evaluate_segmentation(model, linear, rows, cfg.evaluate.batch_size, device, predictions,

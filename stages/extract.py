@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console,
-                            inference_device, load, user_errors)
+                            frozen_backbone, load, user_errors)
 
 
 @user_errors("extract")
@@ -21,11 +21,10 @@ def main(
     """Sample extract.pixels_per_image class-balanced labelled pixels per train image and store
     their L2-normalised features (float16) with labels."""
     from pixpro.checkpoint import save_checkpoint
-    from pixpro.features import extract_bank, load_frozen_backbone, split_rows
+    from pixpro.features import extract_bank, split_rows
 
     cfg = load(params)
-    device = inference_device()
-    model = load_frozen_backbone(backbone, cfg, checkpoint).to(device)
+    model, device = frozen_backbone(backbone, cfg, checkpoint)
     bank = extract_bank(model, split_rows(data, "train"), cfg.extract, cfg.seed, device)
     save_checkpoint(out, bank.to_dict())
     err_console.print(f"{backbone}: {len(bank.labels)} pixels x {bank.features.shape[1]} dims -> {out}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console,
-                            inference_device, load, user_errors)
+                            frozen_backbone, load, user_errors)
 
 
 @user_errors("retrieval")
@@ -25,15 +25,14 @@ def main(
     import numpy as np
     from PIL import Image
 
-    from pixpro.features import load_bank, load_frozen_backbone, split_rows
+    from pixpro.features import load_bank, split_rows
     from pixpro.io import atomic_write_json
     from pixpro.metrics import train_class_names
     from pixpro.retrieval import run_retrieval
     from pixpro.viz import plot_retrieval
 
     cfg = load(params)
-    device = inference_device()
-    model = load_frozen_backbone(backbone, cfg, checkpoint).to(device)
+    model, device = frozen_backbone(backbone, cfg, checkpoint)
     result = run_retrieval(model, load_bank(bank, cfg.pretrain.backbone.dim), split_rows(data, "val"),
                            split_rows(data, "train"),
                            cfg.retrieval, cfg.seed, device, cfg.evaluate.batch_size)

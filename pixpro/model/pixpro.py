@@ -49,12 +49,20 @@ class PixPro(nn.Module):
         """views1, views2 (B, 3, h, w) -> scalar PixPro loss over the pairs (divided by
         `normaliser` () instead of the batch's valid-pair count when given)."""
         views = torch.cat([views1, views2])  # (2B, 3, h, w): one backbone call per network
+        online_map = self.backbone(views)
+        with torch.no_grad():
+            target_map = self.target_backbone(views)
+        return self.loss_from_maps(online_map, target_map, pairs, normaliser)
+
+    def loss_from_maps(self, online_map: Tensor, target_map: Tensor, pairs: PixelPairs,
+                       normaliser: Optional[Tensor] = None) -> Tensor:
+        """The head: online_map, target_map (2B, C, h, w) of the stacked views -> scalar loss."""
         index = torch.cat([pairs.index1, pairs.index2])  # (2B, P), rows match the stacked views
         # Both views in one propagate(): the gather's backward then writes the single dense map
         # gradient the backbone needs anyway, instead of one per view plus their concatenation.
-        online = self.propagate(self.backbone(views), index, groups=2)  # (2B, P, D), BN per view
+        online = self.propagate(online_map, index, groups=2)  # (2B, P, D), BN per view
         with torch.no_grad():
-            target = self.project_target(self.target_backbone(views), index)
+            target = self.project_target(target_map, index)
         return self.pair_loss(online, target, pairs.valid, normaliser)
 
     def project_target(self, target_map: Tensor, index: Tensor) -> Tensor:
