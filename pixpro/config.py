@@ -153,6 +153,23 @@ class ProjectorConfig:
 
 
 @dataclass(frozen=True)
+class LossConfig:
+    consistency: float = 1.0
+    contrast: float = 1.0
+    temperature: float = 0.2
+    coarse: float = 0.0
+    coarse_stride: int = 8
+
+    def validate(self, key: str) -> None:
+        for name in ("consistency", "contrast", "coarse"):
+            _require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0 (0 switches the term off)")
+        _require(self.consistency > 0 or self.contrast > 0, key,
+                 "consistency and contrast are both 0: nothing would be trained")
+        _require(self.temperature > 0, f"{key}.temperature", "must be > 0")
+        _require(self.coarse_stride >= 2, f"{key}.coarse_stride", "must be >= 2")
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     name: Literal["lars", "sgd", "adamw"] = "adamw"
     base_lr: float = 0.032
@@ -181,6 +198,7 @@ class PretrainConfig:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     ppm: PPMConfig = field(default_factory=PPMConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     device: str = "auto"
     nproc: int = 1
@@ -204,7 +222,7 @@ class PretrainConfig:
         _require(self.ddp_timeout_s >= 10, f"{key}.ddp_timeout_s", "must be >= 10")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"{key}.device", f"= {self.device!r}; use auto, cpu or cuda[:N]")
-        for section in ("backbone", "views", "pairs", "ppm", "projector", "optim"):
+        for section in ("backbone", "views", "pairs", "ppm", "projector", "loss", "optim"):
             getattr(self, section).validate(f"{key}.{section}")
         step = self.backbone.downsampling
         _require(all(s % step == 0 for s in self.views.size), f"{key}.views.size",
@@ -212,6 +230,10 @@ class PretrainConfig:
         window = self.ppm.window
         _require(window is None or window <= min(self.views.size), f"{key}.ppm.window",
                  f"= {window} is larger than the view {list(self.views.size)}")
+        stride = self.loss.coarse_stride
+        _require(self.loss.coarse == 0 or all(s % stride == 0 and s // stride >= 2 for s in self.views.size),
+                 f"{key}.loss.coarse_stride", f"= {stride} must divide the view size {list(self.views.size)} "
+                 f"and leave at least 2 bins per side")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -24,3 +25,42 @@ def pixpro_pair_loss(online1: Tensor, target2: Tensor, online2: Tensor, target1:
     mask = valid.to(per_pair.dtype)
     denominator = mask.sum().clamp(min=1.0) if normaliser is None else normaliser
     return (per_pair * mask).sum() / denominator
+
+
+def pixel_contrast_loss(query1: Tensor, key2: Tensor, query2: Tensor, key1: Tensor, valid: Tensor,
+                        same_place: Tensor, temperature: float, normaliser: Optional[Tensor] = None) -> Tensor:
+    """Symmetric pixel InfoNCE over positive pairs with in-batch negatives (PixContrast, DenseCL).
+
+    query1, key1: (B, P, D) at the pairs' view-1 pixels; query2, key2: (B, P, D) at their view-2
+    pixels; valid (B, P) bool. Query i of view 1 must pick its partner's key key2[i] out of every
+    valid key of both views in the batch (2 * B * P candidates), and symmetrically for view 2.
+    same_place (B, P, P) bool marks pairs p, q of one image that share a pixel (either view): their
+    keys show the same place as the query's partner, so they are not counted as negatives.
+
+    Returns the mean cross-entropy over valid queries (divided by 2 * `normaliser` when given, to
+    match pixpro_pair_loss's DDP convention of one count per pair); scalar.
+    """
+    batch, num, _ = query1.shape
+    queries = F.normalize(torch.cat([query1, query2]).float(), dim=-1).flatten(0, 1)  # (2BP, D)
+    keys = F.normalize(torch.cat([key1, key2]).float().detach(), dim=-1).flatten(0, 1)  # (2BP, D)
+    logits = queries @ keys.T / temperature  # (2BP, 2BP): row = query, column = key
+
+    rows = torch.arange(2 * batch * num, device=queries.device)
+    # Row r = (view v, image b, pair p) holds its positive at column (other view, b, p).
+    positive = (rows + batch * num) % (2 * batch * num)  # (2BP,)
+    # Columns to drop for a query: invalid keys, and keys of the same place in the same image
+    # (its own pixel in its own view included); the positive itself is then put back.
+    image = torch.arange(batch, device=queries.device)
+    block = torch.zeros(batch, num, 2, batch, num, dtype=torch.bool, device=queries.device)
+    block[image, :, 0, image] = same_place  # (B, P, P): view-1 keys of the query's own image
+    block[image, :, 1, image] = same_place  # and its view-2 keys
+    # block (B, P, 2, B, P) -> columns in (view, image, pair) order: (B, P, 2BP); same for both query views.
+    drop = block.reshape(batch, num, 2 * batch * num).repeat(2, 1, 1).flatten(0, 1)  # (2BP, 2BP)
+    drop |= ~valid.repeat(2, 1).flatten()[None, :]
+    drop[rows, positive] = False
+    logits = logits.masked_fill(drop, float("-inf"))
+
+    per_query = F.cross_entropy(logits, positive, reduction="none")  # (2BP,)
+    mask = valid.repeat(2, 1).flatten().to(per_query.dtype)  # (2BP,); invalid rows stay finite
+    denominator = mask.sum().clamp(min=1.0) if normaliser is None else 2 * normaliser
+    return (per_query * mask).sum() / denominator

@@ -24,7 +24,7 @@ from pixpro.data.prepare import load_manifest
 from pixpro.data.views import TwoViewDataset, ViewPair, collate_view_pairs
 from pixpro.errors import ConfigError, DataError, DistributedFailure, Interrupted, TrainingDiverged
 from pixpro.geometry import sample_positive_pairs
-from pixpro.model.pixpro import PixPro
+from pixpro.model.pixpro import LossTerms, PixPro
 from pixpro.optim import build_optimizer
 from pixpro.schedules import momentum_schedule, warmup_cosine
 
@@ -141,41 +141,73 @@ class StepLog:
     """Collects per-step tensors and syncs them with the host only every `log_every` steps."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.pending: list[tuple[int, LossTerms, torch.Tensor, torch.Tensor]] = []
         self.images = 0
         self.started = time.perf_counter()
 
-    def add(self, step: int, loss: torch.Tensor, pair_count: torch.Tensor, overlap_ok: torch.Tensor) -> None:
-        self.pending.append((step, loss.detach(), pair_count, overlap_ok))
+    def add(self, step: int, terms: LossTerms, pair_count: torch.Tensor, overlap_ok: torch.Tensor) -> None:
+        self.pending.append((step, terms, pair_count, overlap_ok))
         self.images += pair_count.numel()
 
-    def flush(self) -> dict[str, float]:
-        """Raise TrainingDiverged at the first non-finite loss; else return averaged stats."""
+    def flush(self, target_drift: Optional[float] = None) -> dict[str, float]:
+        """Raise TrainingDiverged at the first non-finite loss; else return averaged stats.
+        Diagnostics are those of the last step that carried them (one per log interval)."""
         steps = [s for s, *_ in self.pending]
-        losses = torch.stack([l.float() for _, l, _, _ in self.pending])
+        # (steps, 4): total, consistency, contrast, coarse
+        losses = torch.stack([torch.stack([t.float() for t in terms[:4]]).detach() for _, terms, _, _ in self.pending])
         if distributed_world_size() > 1:
             # Mean over ranks = the loss over all ranks' pairs (see pair_normaliser); every rank
             # then sees a NaN at the same step and stops together instead of waiting on a dead peer.
             dist.all_reduce(losses)
             losses /= distributed_world_size()
         losses = losses.cpu()
-        bad = (~torch.isfinite(losses)).nonzero()
+        bad = (~torch.isfinite(losses[:, 0])).nonzero()
         if len(bad):
-            raise TrainingDiverged(f"loss became {losses[bad[0, 0]].item()} at step {steps[bad[0, 0]] + 1}")
+            raise TrainingDiverged(f"loss became {losses[bad[0, 0], 0].item()} at step {steps[bad[0, 0]] + 1}")
         counts = torch.cat([c for _, _, c, _ in self.pending]).cpu()
         overlap = torch.cat([o for _, _, _, o in self.pending]).cpu()
         elapsed = time.perf_counter() - self.started
+        mean = losses.mean(0)
         stats = {
-            "loss": float(losses.mean()),
+            "loss": float(mean[0]),
+            "loss_consistency": float(mean[1]),
+            "loss_contrast": float(mean[2]),
+            "loss_coarse": float(mean[3]),
             "pairs_per_image": float(counts.float().mean()),
             "skipped_images": int((counts == 0).sum()),
             "low_overlap_images": int((~overlap).sum()),
             "images_per_s": self.images / max(elapsed, 1e-9),
         }
+        diagnosed = [terms.diagnostics for _, terms, _, _ in self.pending if terms.diagnostics is not None]
+        if diagnosed:
+            stats.update({name: float(value) for name, value in diagnosed[-1]._asdict().items()})
+        if target_drift is not None:
+            stats["target_drift"] = target_drift
         self.pending.clear()
         self.images = 0
         self.started = time.perf_counter()
         return stats
+
+
+class TargetDrift:
+    """Relative distance ||theta - theta_0|| / ||theta_0|| of the target network from its init.
+
+    A target that never moves makes the online network chase random-init features; one that
+    moves fast (low momentum) lets both collapse together.
+    """
+
+    def __init__(self, model: PixPro) -> None:
+        self.initial = [p.detach().clone() for p in self._parameters(model)]
+        self.initial_norm = torch.sqrt(sum(p.float().pow(2).sum() for p in self.initial))
+
+    @staticmethod
+    def _parameters(model: PixPro) -> list[torch.Tensor]:
+        return [*model.target_backbone.parameters(), *model.target_projector.parameters()]
+
+    @torch.no_grad()
+    def __call__(self, model: PixPro) -> float:
+        moved = sum((p.float() - p0.float()).pow(2).sum() for p, p0 in zip(self._parameters(model), self.initial))
+        return float(torch.sqrt(moved) / self.initial_norm.clamp(min=1e-12))
 
 
 @contextlib.contextmanager
@@ -247,6 +279,7 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
                         persistent_workers=cfg.workers > 0)
 
     model: nn.Module = PixPro(cfg).to(device)
+    target_drift = TargetDrift(model)  # before a resumed state is loaded: drift is from the seed's init
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
@@ -301,17 +334,20 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
                 epoch = step // sampler.steps_per_epoch
                 sampler.set_epoch(epoch, skip_batches=step - epoch * sampler.steps_per_epoch)
                 for batch in loader:
-                    loss, pair_count = train_step(model, optimizer, batch, step, lr_schedule[step], momentum[step],
-                                                  params, device, autocast, image_size, runtime.rank)
-                    step_log.add(step, loss, pair_count, batch.overlap_ok)
+                    diagnose = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
+                    terms, pair_count = train_step(model, optimizer, batch, step, lr_schedule[step], momentum[step],
+                                                   params, device, autocast, image_size, runtime.rank, diagnose)
+                    step_log.add(step, terms, pair_count, batch.overlap_ok)
                     step += 1
                     end_of_epoch = step % sampler.steps_per_epoch == 0
                     checkpoint_due = step % cfg.checkpoint_every == 0 or end_of_epoch or step == stop_after
                     if step % cfg.log_every == 0 or checkpoint_due or stop_requested() or step == total_steps:
-                        stats = step_log.flush()  # raises before a diverged state is checkpointed
+                        # flush raises before a diverged state is checkpointed
+                        stats = step_log.flush(target_drift(unwrap(model)) if runtime.is_main else None)
                         stats.update(lr=float(lr_schedule[step - 1]), momentum=float(momentum[step - 1]))
                         log_stats(live, step, stats)
-                        progress.update(task, completed=step, stats=f"loss {stats['loss']:.4f}  "
+                        gap = f"  partner gap {stats['partner_gap']:.3f}" if "partner_gap" in stats else ""
+                        progress.update(task, completed=step, stats=f"loss {stats['loss']:.4f}{gap}  "
                                                                     f"{stats['images_per_s']:.1f} img/s")
                     if checkpoint_due or stop_requested():
                         write_checkpoint()
@@ -340,8 +376,9 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: ViewPair, step: int, lr: float,
                momentum: float, params: Params, device: torch.device, autocast, image_size: tuple[int, int],
-               rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step. Returns (loss (), valid pairs per image (B,)), still on device."""
+               rank: int, diagnose: bool = False) -> tuple[LossTerms, torch.Tensor]:
+    """One optimisation step. Returns (the loss terms, valid pairs per image (B,)), still on
+    device; `diagnose` adds the Diagnostics of this step's pairs."""
     cfg = params.pretrain
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -350,16 +387,24 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: ViewPa
     view2 = batch.view2.to(device, non_blocking=True, memory_format=memory_format)
     generator = torch.Generator(device=device)
     generator.manual_seed(int(np.random.SeedSequence([params.seed, step, rank]).generate_state(1)[0]))
-    pairs = sample_positive_pairs(
-        batch.box1.to(device), batch.box2.to(device), tuple(cfg.views.size), tuple(cfg.views.size), image_size,
-        cfg.pairs.candidates, cfg.pairs.neighbours, cfg.pairs.num, cfg.pairs.dist_thresh, generator)
+    box1, box2 = batch.box1.to(device), batch.box2.to(device)
+    size = tuple(cfg.views.size)
+    pairs = sample_positive_pairs(box1, box2, size, size, image_size, cfg.pairs.candidates, cfg.pairs.neighbours,
+                                  cfg.pairs.num, cfg.pairs.dist_thresh, generator)
+    coarse_pairs = None
+    if cfg.loss.coarse > 0:
+        # Every bin of the pooled view is a candidate: the pooled map is small (e.g. 8 x 16).
+        coarse = (size[0] // cfg.loss.coarse_stride, size[1] // cfg.loss.coarse_stride)
+        bins = coarse[0] * coarse[1]
+        coarse_pairs = sample_positive_pairs(box1, box2, coarse, coarse, image_size, bins, cfg.pairs.neighbours,
+                                             bins, cfg.pairs.dist_thresh, generator)
     with autocast:
-        loss = model(view1, view2, pairs, pair_normaliser(pairs.valid))
+        terms = model(view1, view2, pairs, pair_normaliser(pairs.valid), coarse_pairs, diagnose)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    terms.total.backward()
     optimizer.step()
     unwrap(model).momentum_update(momentum)
-    return loss, pairs.count
+    return terms, pairs.count
 
 
 def pair_normaliser(valid: torch.Tensor) -> Optional[torch.Tensor]:

@@ -111,9 +111,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path, m
     real_step = train_module.train_step
 
     def poisoned(*args, **kwargs):
-        loss, count = real_step(*args, **kwargs)
+        terms, count = real_step(*args, **kwargs)
         step = args[3]
-        return (loss * float("nan") if step == 2 else loss), count
+        return (terms._replace(total=terms.total * float("nan")) if step == 2 else terms), count
 
     monkeypatch.setattr(train_module, "train_step", poisoned)
     with pytest.raises(TrainingDiverged, match="at step 3"):

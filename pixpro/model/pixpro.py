@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -11,9 +11,27 @@ from torch.nn import functional as F
 
 from pixpro.config import PretrainConfig
 from pixpro.geometry import PixelPairs, window_indices
-from pixpro.losses import pixpro_pair_loss
+from pixpro.losses import pixel_contrast_loss, pixpro_pair_loss
 from pixpro.model.backbone import build_backbone
 from pixpro.model.heads import Projector, build_transform, global_propagation, local_propagation
+
+
+class LossTerms(NamedTuple):
+    """What one step optimises, and its parts before weighting (each a scalar tensor)."""
+
+    total: Tensor  # weighted sum of the terms below: the value that is optimised
+    consistency: Tensor  # PixPro's pixel-propagation consistency, in [-2, 2]
+    contrast: Tensor  # pixel InfoNCE with in-batch negatives
+    coarse: Tensor  # consistency + contrast again on a pooled map, with a global PPM
+    diagnostics: Optional["Diagnostics"] = None  # when asked for
+
+
+class Diagnostics(NamedTuple):
+    """Signals that a shortcut solution of the loss cannot fake (scalars, no gradient)."""
+
+    partner_gap: Tensor  # cos(prediction, partner's target) - cos(prediction, another pixel's target)
+    feature_std: Tensor  # mean per-channel std of the unit-length backbone features at the pairs
+    effective_rank: Tensor  # exp(entropy) of those features' normalised singular values, in [1, C]
 
 
 def gather_pixels(features: Tensor, flat_index: Tensor) -> Tensor:
@@ -41,29 +59,91 @@ class PixPro(nn.Module):
             param.requires_grad_(False)
         self.window = cfg.ppm.window
         self.gamma = cfg.ppm.gamma
+        self.loss_cfg = cfg.loss
 
     def online_pairs(self):
         return ((self.backbone, self.target_backbone), (self.projector, self.target_projector))
 
-    def forward(self, views1: Tensor, views2: Tensor, pairs: PixelPairs, normaliser: Optional[Tensor] = None) -> Tensor:
-        """views1, views2 (B, 3, h, w) -> scalar PixPro loss over the pairs (divided by
-        `normaliser` () instead of the batch's valid-pair count when given)."""
+    def forward(self, views1: Tensor, views2: Tensor, pairs: PixelPairs, normaliser: Optional[Tensor] = None,
+                coarse_pairs: Optional[PixelPairs] = None, diagnose: bool = False) -> LossTerms:
+        """views1, views2 (B, 3, h, w) -> the loss terms over the pairs (divided by `normaliser` ()
+        instead of the batch's valid-pair count when given). `coarse_pairs` index the pooled map
+        (h / coarse_stride, w / coarse_stride) and are needed when the coarse term is on.
+        `diagnose` adds Diagnostics of the fine pairs."""
         views = torch.cat([views1, views2])  # (2B, 3, h, w): one backbone call per network
         online_map = self.backbone(views)
         with torch.no_grad():
             target_map = self.target_backbone(views)
-        return self.loss_from_maps(online_map, target_map, pairs, normaliser)
+        return self.loss_from_maps(online_map, target_map, pairs, normaliser, coarse_pairs, diagnose)
 
     def loss_from_maps(self, online_map: Tensor, target_map: Tensor, pairs: PixelPairs,
-                       normaliser: Optional[Tensor] = None) -> Tensor:
-        """The head: online_map, target_map (2B, C, h, w) of the stacked views -> scalar loss."""
+                       normaliser: Optional[Tensor] = None, coarse_pairs: Optional[PixelPairs] = None,
+                       diagnose: bool = False) -> LossTerms:
+        """The head: online_map, target_map (2B, C, h, w) of the stacked views -> LossTerms."""
+        cfg = self.loss_cfg
+        consistency, contrast, online, target = self._pair_terms(online_map, target_map, pairs, normaliser,
+                                                                 self.window)
+        diagnostics = self.diagnostics(online_map, online, target, pairs) if diagnose else None
+        total = cfg.consistency * consistency + cfg.contrast * contrast
+        coarse = total.new_zeros(())
+        if cfg.coarse > 0:
+            if coarse_pairs is None:
+                raise ValueError("pretrain.loss.coarse > 0 needs coarse_pairs on the pooled map")
+            # Average pooling keeps the map differentiable and gives bins of stride x stride
+            # pixels: positives then mean "the same region", the scale of the paper's 7x7 maps.
+            coarse_online = F.avg_pool2d(online_map, cfg.coarse_stride)  # (2B, C, h / s, w / s)
+            coarse_target = F.avg_pool2d(target_map, cfg.coarse_stride)
+            coarse_terms = self._pair_terms(coarse_online, coarse_target, coarse_pairs, None, None)[:2]
+            coarse = cfg.consistency * coarse_terms[0] + cfg.contrast * coarse_terms[1]
+            total = total + cfg.coarse * coarse
+        return LossTerms(total, consistency.detach(), contrast.detach(), coarse.detach(), diagnostics)
+
+    def _pair_terms(self, online_map: Tensor, target_map: Tensor, pairs: PixelPairs,
+                    normaliser: Optional[Tensor], window: Optional[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Over the pairs of one map pair (2B, C, h, w): (consistency (), contrast (), online PPM
+        output (2B, P, D), target projections (2B, P, D)); a term whose weight is 0 is 0."""
+        cfg = self.loss_cfg
         index = torch.cat([pairs.index1, pairs.index2])  # (2B, P), rows match the stacked views
         # Both views in one propagate(): the gather's backward then writes the single dense map
         # gradient the backbone needs anyway, instead of one per view plus their concatenation.
-        online = self.propagate(online_map, index, groups=2)  # (2B, P, D), BN per view
+        online = self.propagate(online_map, index, groups=2, window=window)  # (2B, P, D), BN per view
         with torch.no_grad():
             target = self.project_target(target_map, index)
-        return self.pair_loss(online, target, pairs.valid, normaliser)
+        zero = online.new_zeros((), dtype=torch.float32)
+        consistency = self.pair_loss(online, target, pairs.valid, normaliser) if cfg.consistency > 0 else zero
+        contrast = self.contrast_loss(online, target, pairs, normaliser) if cfg.contrast > 0 else zero
+        return consistency, contrast, online, target
+
+    def contrast_loss(self, online: Tensor, target: Tensor, pairs: PixelPairs,
+                      normaliser: Optional[Tensor] = None) -> Tensor:
+        """online, target (2B, P, D), view 1 first -> pixel InfoNCE (scalar); negatives are
+        the other pairs' targets of both views in the batch."""
+        online1, online2 = online.float().chunk(2)
+        target1, target2 = target.chunk(2)
+        same_place = (pairs.index1[:, :, None] == pairs.index1[:, None, :]) \
+            | (pairs.index2[:, :, None] == pairs.index2[:, None, :])  # (B, P, P)
+        return pixel_contrast_loss(online1, target2, online2, target1, pairs.valid, same_place,
+                                   self.loss_cfg.temperature, normaliser)
+
+    @torch.no_grad()
+    def diagnostics(self, online_map: Tensor, online: Tensor, target: Tensor, pairs: PixelPairs) -> Diagnostics:
+        """online_map (2B, C, h, w); online PPM outputs and target projections (2B, P, D) at the
+        pairs, view 1 first -> Diagnostics."""
+        index = torch.cat([pairs.index1, pairs.index2])  # (2B, P)
+        valid = pairs.valid.repeat(2, 1)  # (2B, P)
+        online, target = F.normalize(online.float(), dim=-1), F.normalize(target.float(), dim=-1)
+        partner = target.roll(online.shape[0] // 2, dims=0)  # each view's partner targets: (2B, P, D)
+        # Another pixel of the same image, other view: the partner slots shifted by half the pairs.
+        shift = index.shape[1] // 2
+        other, other_valid = partner.roll(shift, dims=1), valid & valid.roll(shift, dims=1)
+        gap = (online * partner).sum(-1)[valid].mean() - (online * other).sum(-1)[other_valid].mean()
+
+        features = F.normalize(gather_pixels(online_map, index).float(), dim=-1)[valid]  # (N, C)
+        feature_std = features.std(dim=0).mean()
+        singular = torch.linalg.svdvals(features)  # RankMe (Garrido et al. 2023)
+        share = singular / singular.sum().clamp(min=1e-12)
+        effective_rank = torch.exp(-(share * torch.log(share.clamp(min=1e-12))).sum())
+        return Diagnostics(gap, feature_std, effective_rank)
 
     def project_target(self, target_map: Tensor, index: Tensor) -> Tensor:
         """target_map (2B, C, h, w), index (2B, P) -> target projections (2B, P, D), float32."""
@@ -80,14 +160,16 @@ class PixPro(nn.Module):
         target1, target2 = target.chunk(2)
         return pixpro_pair_loss(online1, target2, online2, target1, valid, normaliser)
 
-    def propagate(self, features: Tensor, index: Tensor, groups: int = 1) -> Tensor:
+    def propagate(self, features: Tensor, index: Tensor, groups: int = 1, window: Optional[int] = -1) -> Tensor:
         """features (B, C, h, w), index (B, P) -> PPM output y (B, P, D) at those pixels.
 
         The batch is `groups` equal chunks (forward passes 2: the views) whose pixels get their own
         BatchNorm statistics in the projector and g(), as if each chunk were projected alone.
+        `window` overrides pretrain.ppm.window (None = global PPM); -1 keeps it.
         """
         batch, _, height, width = features.shape
-        if self.window is None:
+        window = self.window if window == -1 else window
+        if window is None:
             pixels = features.flatten(2).transpose(1, 2).flatten(0, 1)  # (B*hw, C)
             sizes = [len(pixels) // groups] * groups
             projected = self._grouped(self.projector, pixels, sizes).view(batch, height * width, -1)
@@ -96,7 +178,7 @@ class PixPro(nn.Module):
             values = self._propagated_values(projected.flatten(0, 1), sizes).view(batch, height * width, -1)
             return self._transform_sum(global_propagation(centre, unit, values, self.gamma))
 
-        window_index, inside = window_indices(index, (height, width), self.window)  # (B, P, K)
+        window_index, inside = window_indices(index, (height, width), window)  # (B, P, K)
         # Neighbouring windows overlap: project each needed pixel once.
         offset = torch.arange(batch, device=index.device)[:, None, None] * (height * width)
         needed, inverse = torch.unique(window_index + offset, return_inverse=True)  # (U,), (B, P, K)
@@ -109,7 +191,7 @@ class PixPro(nn.Module):
         projected = self._grouped(self.projector, pixels, sizes)  # (U, D)
         unit = F.normalize(projected, dim=-1)  # once per distinct pixel, not per window copy
         values = self._propagated_values(projected, sizes)  # (U, D) or (U, D + 1)
-        centre_slot = (self.window // 2) * self.window + self.window // 2
+        centre_slot = (window // 2) * window + window // 2
         centre = unit[inverse[:, :, centre_slot]]  # (B, P, D)
         out = local_propagation(centre.flatten(0, 1), unit[inverse].flatten(0, 1), values[inverse].flatten(0, 1),
                                 inside.flatten(0, 1), self.gamma)  # (B*P, D or D + 1)

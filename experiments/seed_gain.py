@@ -1,0 +1,120 @@
+"""Gain of pretrained over random-init features, per setting and seed, from real `dvc repro` runs.
+
+One temporary copy of the repository (as benchmarks/pipeline.py makes it) runs the whole
+pipeline once per (seed, setting). Seeds are the outer loop, so within a seed only pretraining
+and the `@pretrained` stages rerun between settings: DVC skips the random-init branch, whose
+params did not change. Each finished run appends one row to the CSV (nothing is lost when this
+is interrupted), with both backbones' probe mIoU, kNN mIoU, P@1, the last logged training
+diagnostics and the wall time.
+
+    .venv/bin/python experiments/seed_gain.py --seeds 0 1 2 --out experiments/results/synthetic.csv \\
+        --setting baseline='{pretrain: {loss: {contrast: 0.0}}}' --setting default='{}'
+
+`--base FILE` (YAML) is merged over params.yaml first, e.g. a data set's `data:` section; a
+setting's YAML is merged over that. `--threads` pins OMP/MKL threads: results depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from pipeline import copy_tree, deep_merge, git_files  # noqa: E402
+
+COLUMNS = ["setting", "seed", "pretrained_miou", "random_miou", "gain", "pretrained_knn_miou", "random_knn_miou",
+           "knn_gain", "pretrained_p1", "random_p1", "partner_gap", "feature_std", "effective_rank",
+           "target_drift", "loss", "seconds"]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def row_for(copy: Path, setting: str, seed: int, seconds: float) -> dict:
+    seg = {b: read_json(copy / f"metrics/segmentation/{b}.json") for b in ("pretrained", "random")}
+    ret = {b: read_json(copy / f"metrics/retrieval/{b}.json") for b in ("pretrained", "random")}
+    train = read_json(copy / "dvclive/pretrain/metrics.json").get("train", {})
+    row = {"setting": setting, "seed": seed, "seconds": round(seconds, 1)}
+    for b in ("pretrained", "random"):
+        row[f"{b}_miou"] = seg[b]["miou"]
+        row[f"{b}_knn_miou"] = ret[b]["knn_miou"]
+        row[f"{b}_p1"] = ret[b]["precision@1"]
+    row["gain"] = row["pretrained_miou"] - row["random_miou"]
+    row["knn_gain"] = row["pretrained_knn_miou"] - row["random_knn_miou"]
+    for name in ("partner_gap", "feature_std", "effective_rank", "target_drift", "loss"):
+        row[name] = train.get(name, "")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=YAML",
+                        help="a named params override, e.g. nocontrast='{pretrain: {loss: {contrast: 0}}}'")
+    parser.add_argument("--base", type=Path, help="YAML merged over params.yaml before every setting")
+    parser.add_argument("--out", type=Path, required=True, help="CSV to append rows to")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    args = parser.parse_args()
+    settings = [s.split("=", 1) for s in (args.setting or ["default={}"])]
+    for name, text in settings:
+        yaml.safe_load(text)  # fail now, not after an hour of runs
+
+    tmp = Path(tempfile.mkdtemp(prefix="pixpro_seeds_"))
+    copy_tree(git_files(ROOT), ROOT, tmp)
+    base = yaml.safe_load((tmp / "params.yaml").read_text())
+    if args.base:
+        base = deep_merge(base, yaml.safe_load(args.base.read_text()) or {})
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-q", "-m", "snapshot"]):
+        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               DVC_NO_ANALYTICS="1", PYTHONPATH=str(tmp),
+               PATH=f"{ROOT / '.venv/bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not args.out.is_file()
+    print(f"copy: {tmp}; {len(settings)} settings x {len(args.seeds)} seeds; threads {args.threads}", flush=True)
+    try:
+        for seed in args.seeds:
+            for name, text in settings:
+                params = deep_merge(deep_merge(base, yaml.safe_load(text) or {}), {"seed": seed})
+                (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+                start = time.perf_counter()
+                log = tmp / f"repro_{name}_{seed}.log"
+                with open(log, "w") as handle:
+                    proc = subprocess.run(["dvc", "repro"], cwd=tmp, env=env, stdout=handle, stderr=subprocess.STDOUT)
+                if proc.returncode:
+                    print(f"{name} seed {seed}: dvc repro failed (rc {proc.returncode}); see {log}", flush=True)
+                    args.keep = True
+                    continue
+                row = row_for(tmp, name, seed, time.perf_counter() - start)
+                with open(args.out, "a", newline="") as handle:
+                    writer = csv.DictWriter(handle, COLUMNS)
+                    if new_file:
+                        writer.writeheader()
+                        new_file = False
+                    writer.writerow(row)
+                print(f"{name} seed {seed}: gain {row['gain']:+.4f} ({row['pretrained_miou']:.4f} vs "
+                      f"{row['random_miou']:.4f}), kNN gain {row['knn_gain']:+.4f}, partner_gap "
+                      f"{row['partner_gap']}, {row['seconds']:.0f} s", flush=True)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
