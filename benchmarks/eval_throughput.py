@@ -46,7 +46,7 @@ from torch import nn
 
 from pixpro.allocator import restart_with_tuned_malloc
 from pixpro.config import load_params, params_from_dict
-from pixpro.data.cityscapes import NUM_CLASSES
+from pixpro.data.classes import load_prepared_classes
 from pixpro.data.prepare import run_prepare
 from pixpro.evaluate import evaluate_segmentation, predict
 from pixpro.features import labelled_batches, load_frozen_backbone, split_rows
@@ -106,9 +106,11 @@ def main() -> None:
         tmp = Path(tmp_name)
         if (Path(args.data) / "manifest.csv").is_file():
             rows = split_rows(Path(args.data), "val")
+            classes = load_prepared_classes(args.data)
             source = f"{args.data} (val)"
         else:
             rows = synthetic_rows(tmp)
+            classes = load_prepared_classes(tmp / "prepared")
             source = "synthetic set made by run_prepare (data/prepared has no manifest)"
         if args.images:
             rows = rows.iloc[:args.images].reset_index(drop=True)
@@ -116,14 +118,15 @@ def main() -> None:
 
         backbone = load_frozen_backbone("random", params, ROOT / "models/backbone.pt").to(device)
         torch.manual_seed(1)
-        probe = nn.Linear(params.pretrain.backbone.dim, NUM_CLASSES)
+        probe = nn.Linear(params.pretrain.backbone.dim, classes.num_classes)
         batches = list(labelled_batches(rows, batch_size))
         images = [b.image.to(device) for b in batches]
         size = tuple(images[0].shape[-2:])
         predictions_dir = tmp / "predictions"
 
         def evaluate():
-            evaluate_segmentation(backbone, probe, rows, batch_size, device, predictions_dir, overlays)
+            evaluate_segmentation(backbone, probe, rows, batch_size, device, predictions_dir, overlays,
+                                  classes)
 
         @torch.no_grad()
         def bare():
@@ -145,7 +148,7 @@ def main() -> None:
                 predicted.append(predict(backbone, probe_d, x).cpu())
 
         def confusion():
-            acc = ConfusionAccumulator()
+            acc = ConfusionAccumulator(classes.num_classes)
             for p, b in zip(predicted, batches):
                 acc.update(p, b.mask)
 

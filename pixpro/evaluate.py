@@ -14,7 +14,8 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pixpro.errors import DataError, PixproError
+from pixpro.data.classes import ClassTable
+from pixpro.errors import CheckpointError, DataError, PixproError
 from pixpro.features import labelled_batches
 from pixpro.metrics import ConfusionAccumulator, SegmentationScores
 
@@ -89,11 +90,15 @@ class BoundedWriter:
 
 @torch.no_grad()
 def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFrame, batch_size: int,
-                          device: torch.device, predictions_dir: Path, overlays: int) -> Evaluation:
+                          device: torch.device, predictions_dir: Path, overlays: int,
+                          classes: ClassTable) -> Evaluation:
     """Predict every val pixel, write trainId PNGs named after the input images, and
-    accumulate one dataset-level confusion matrix."""
+    accumulate one dataset-level (K, K) confusion matrix, K and names from `classes`."""
+    if probe.out_features != classes.num_classes:
+        raise CheckpointError(f"the probe predicts {probe.out_features} classes but the prepared data has "
+                              f"{classes.num_classes}; rerun `dvc repro extract probe`")
     predictions_dir.mkdir(parents=True, exist_ok=True)
-    accumulator = ConfusionAccumulator()
+    accumulator = ConfusionAccumulator(classes.num_classes)
     kept: list[Overlay] = []
     probe = probe.to(device)
     # PNG encoding runs in threads (it releases the GIL) so it overlaps the next forward pass.
@@ -112,6 +117,6 @@ def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFr
                     kept.append(Overlay(np.asarray(Image.open(image_path).convert("RGB")),
                                         batch.mask[b].numpy().astype(np.uint8), array))
         writer.wait()  # re-raises a failed write
-    return Evaluation(accumulator.scores(), accumulator.conf, kept)
+    return Evaluation(accumulator.scores(list(classes.names)), accumulator.conf, kept)
 
 

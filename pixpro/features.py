@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pixpro.checkpoint import first_difference, load_checkpoint, lookup
 from pixpro.config import ExtractConfig, Params, backbone_from_dict, to_dict
-from pixpro.data.cityscapes import IGNORE, NUM_CLASSES
+from pixpro.data.classes import IGNORE
 from pixpro.data.prepare import load_manifest
 from pixpro.data.views import load_image_tensor, normalize
 from pixpro.errors import CheckpointError, DataError
@@ -114,10 +114,11 @@ def labelled_batches(rows: pd.DataFrame, batch_size: int, workers: int = 0,
             progress.advance(task, len(batch.index))
 
 
-def balanced_pixels(mask: Tensor, count: int, generator: torch.Generator) -> Tensor:
+def balanced_pixels(mask: Tensor, count: int, generator: torch.Generator, num_classes: int) -> Tensor:
     """Flat indices of up to `count` labelled pixels, class-balanced within the image.
 
-    mask (H, W) -> (n,) int64 with n = min(count, labelled pixels). Classes contribute in
+    mask (H, W) train ids in [0, num_classes) or IGNORE -> (n,) int64 with
+    n = min(count, labelled pixels). Classes contribute in
     round-robin order of a random within-class ranking, so every class present gives
     count // classes pixels unless it has fewer, and the rest go to the larger classes.
     """
@@ -134,39 +135,41 @@ def balanced_pixels(mask: Tensor, count: int, generator: torch.Generator) -> Ten
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel()) - starts  # position inside its class
     # Round-robin across classes: rank first, then a random class order.
-    class_order = torch.randperm(NUM_CLASSES, generator=generator)
-    key = rank * NUM_CLASSES + class_order[classes]
+    class_order = torch.randperm(num_classes, generator=generator)  # (K,)
+    key = rank * num_classes + class_order[classes]
     return labelled[torch.argsort(key)[:count]]
 
 
 @dataclass
 class FeatureBank:
     features: Tensor  # (N, C) float16, unit length
-    labels: Tensor  # (N,) uint8 trainIds
+    labels: Tensor  # (N,) uint8 trainIds in [0, num_classes)
     image_index: Tensor  # (N,) int32 row in the split's manifest
     pixel_index: Tensor  # (N,) int64 flat pixel index in the prepared image
+    num_classes: int  # K of the prepared data's class table: the probe needs it, not only the labels seen
 
     def to_dict(self) -> dict:
         return {"features": self.features, "labels": self.labels, "image_index": self.image_index,
-                "pixel_index": self.pixel_index}
+                "pixel_index": self.pixel_index, "num_classes": self.num_classes}
 
 
 @torch.no_grad()
 def extract_bank(backbone: nn.Module, rows: pd.DataFrame, cfg: ExtractConfig, seed: int,
-                 device: torch.device) -> FeatureBank:
+                 device: torch.device, num_classes: int) -> FeatureBank:
     """Stream the labelled train images and keep cfg.pixels_per_image sampled pixels each:
-    memory is bounded by the batch and the bank, not by the dataset."""
+    memory is bounded by the batch and the bank, not by the dataset. num_classes: K of the
+    prepared class table."""
     chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
     for batch in labelled_batches(rows, cfg.batch_size, description="extract features"):
         features = embed(backbone, batch.image.to(device))  # (B, C, H, W)
         for b, index in enumerate(batch.index):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
-            pixels = balanced_pixels(batch.mask[b], cfg.pixels_per_image, generator)  # (n,)
+            pixels = balanced_pixels(batch.mask[b], cfg.pixels_per_image, generator, num_classes)  # (n,)
             feats = features[b].flatten(1)[:, pixels.to(device)].T  # (n, C)
             chunks.append((feats.half().cpu(), batch.mask[b].flatten()[pixels].to(torch.uint8),
                            torch.full((len(pixels),), index, dtype=torch.int32), pixels))
     features, labels, image_index, pixel_index = (torch.cat(parts) for parts in zip(*chunks))
-    return FeatureBank(features, labels, image_index, pixel_index)
+    return FeatureBank(features, labels, image_index, pixel_index, num_classes)
 
 
 def load_bank(path: Path, feature_dim: int | None = None) -> FeatureBank:

@@ -5,6 +5,8 @@ Segmentation follows the official Cityscapes protocol
 matrix accumulated over the whole dataset, per-class IoU = TP / (TP + FP + FN),
 pixels whose ground truth is ignored are dropped entirely, and the mean is taken
 over the classes whose IoU is defined (not NaN).
+
+The number of classes K is always an argument: it comes from the data's class table.
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-NUM_CLASSES = 19
 IGNORE_INDEX = 255
 
 __all__ = [
-    "NUM_CLASSES",
     "IGNORE_INDEX",
-    "train_class_names",
     "confusion_matrix",
     "iou_per_class",
     "mean_iou",
@@ -34,13 +33,6 @@ __all__ = [
     "topk_cosine",
     "knn_vote",
 ]
-
-
-def train_class_names() -> list[str]:
-    """The 19 Cityscapes evaluation class names, indexed by trainId."""
-    from cityscapesscripts.helpers.labels import trainId2label
-
-    return [trainId2label[t].name for t in range(NUM_CLASSES)]
 
 
 # --------------------------------------------------------------------------- #
@@ -56,7 +48,7 @@ def _check_integer(name: str, t: Tensor) -> None:
 def confusion_matrix(
     pred: Tensor,
     target: Tensor,
-    num_classes: int = NUM_CLASSES,
+    num_classes: int,
     ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Confusion matrix of one batch (or image, or dataset).
@@ -190,12 +182,12 @@ def segmentation_scores(conf: Tensor, class_names: list[str] | None = None) -> S
 
     Args:
         conf: (K, K) confusion matrix.
-        class_names: K names in class-index order. Defaults to the Cityscapes
-            train class names when K == 19, else "class_0", "class_1", ...
+        class_names: K names in class-index order (the class table's); defaults to
+            "class_0", "class_1", ...
     """
     k = conf.shape[0]
     if class_names is None:
-        class_names = train_class_names() if k == NUM_CLASSES else [f"class_{i}" for i in range(k)]
+        class_names = [f"class_{i}" for i in range(k)]
     if len(class_names) != k:
         raise ValueError(f"got {len(class_names)} class names for a {k}x{k} confusion matrix")
     iou = iou_per_class(conf).cpu().tolist()
@@ -214,7 +206,7 @@ class ConfusionAccumulator:
     (which would weight small images/rare classes differently from the official metric).
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self._conf: Tensor | None = None
@@ -342,7 +334,7 @@ def topk_cosine(
     return best_scores, best_idx
 
 
-def knn_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
+def knn_vote(scores: Tensor, neighbour_labels: Tensor, num_classes: int) -> Tensor:
     """Similarity-weighted k-NN classification.
 
     Args:

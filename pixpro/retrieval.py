@@ -11,9 +11,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from pixpro.config import RetrievalConfig
-from pixpro.data.cityscapes import IGNORE, NUM_CLASSES
+from pixpro.data.classes import IGNORE, ClassTable
 from pixpro.data.views import load_image_tensor, normalize
-from pixpro.errors import ConfigError
+from pixpro.errors import CheckpointError, ConfigError
 from pixpro.features import FeatureBank, embed, labelled_batches
 from pixpro.metrics import ConfusionAccumulator, SegmentationScores, knn_vote, precision_at_k, topk_cosine
 
@@ -36,13 +36,15 @@ class RetrievalResult:
     query_count: int
 
 
-def stratified_queries(masks: list[np.ndarray], count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def stratified_queries(masks: list[np.ndarray], count: int, generator: torch.Generator,
+                       num_classes: int) -> tuple[Tensor, Tensor]:
     """Pick about count // classes pixels per class present over the whole split.
 
-    masks: list of (H, W) uint8 -> (image index (Q,), flat pixel (Q,)), sorted by image.
+    masks: list of (H, W) uint8 train ids in [0, num_classes) or IGNORE
+    -> (image index (Q,), flat pixel (Q,)), sorted by image.
     """
     labels = torch.from_numpy(np.stack(masks).astype(np.int64)).flatten(1)  # (I, HW)
-    present = [c for c in range(NUM_CLASSES) if (labels == c).any()]
+    present = [c for c in range(num_classes) if (labels == c).any()]
     per_class = max(1, count // max(len(present), 1))
     chosen = []
     for cls in present:
@@ -54,7 +56,12 @@ def stratified_queries(masks: list[np.ndarray], count: int, generator: torch.Gen
 
 @torch.no_grad()
 def run_retrieval(backbone: nn.Module, bank: FeatureBank, val_rows: pd.DataFrame, train_rows: pd.DataFrame,
-                  cfg: RetrievalConfig, seed: int, device: torch.device, batch_size: int) -> RetrievalResult:
+                  cfg: RetrievalConfig, seed: int, device: torch.device, batch_size: int,
+                  classes: ClassTable) -> RetrievalResult:
+    """classes: the prepared data's table (K for the k-NN vote, names for the per-class IoU)."""
+    if bank.num_classes != classes.num_classes:
+        raise CheckpointError(f"the feature bank has {bank.num_classes} classes but the prepared data has "
+                              f"{classes.num_classes}; rerun `dvc repro extract`")
     if len(bank.labels) < max(cfg.k, cfg.knn_k):
         # topk_cosine would fail with a bare ValueError; say which parameters to change.
         raise ConfigError(f"retrieval.k = {cfg.k} and retrieval.knn_k = {cfg.knn_k} need that many gallery "
@@ -62,10 +69,10 @@ def run_retrieval(backbone: nn.Module, bank: FeatureBank, val_rows: pd.DataFrame
                           f"extract.pixels_per_image or lower retrieval.k / retrieval.knn_k")
     generator = torch.Generator().manual_seed(seed)
     masks = [np.asarray(Image.open(p)) for p in val_rows["mask"]]
-    query_image, query_pixel = stratified_queries(masks, cfg.queries, generator)
+    query_image, query_pixel = stratified_queries(masks, cfg.queries, generator, classes.num_classes)
     gallery = bank.features.to(device)  # (N, C) float16, unit length
     gallery_labels = bank.labels.long().to(device)
-    knn = ConfusionAccumulator()
+    knn = ConfusionAccumulator(classes.num_classes)
     height, width = masks[0].shape
     grid = torch.zeros(height, width, dtype=torch.bool)
     grid[::cfg.knn_stride, ::cfg.knn_stride] = True  # the pixels that get a k-NN label
@@ -78,7 +85,7 @@ def run_retrieval(backbone: nn.Module, bank: FeatureBank, val_rows: pd.DataFrame
             labels = batch.mask[b].flatten().to(device)
             labelled = ((labels != IGNORE) & grid).nonzero().squeeze(1)  # unlabelled pixels never count
             scores, neighbours = topk_cosine(pixel_feats[labelled], gallery, cfg.knn_k, cfg.chunk_size)
-            knn.update(knn_vote(scores, gallery_labels[neighbours]), labels[labelled])
+            knn.update(knn_vote(scores, gallery_labels[neighbours], classes.num_classes), labels[labelled])
             mine = query_pixel[query_image == index].to(device)
             query_feats.append(pixel_feats[mine])
             query_labels.append(labels[mine])
@@ -90,7 +97,7 @@ def run_retrieval(backbone: nn.Module, bank: FeatureBank, val_rows: pd.DataFrame
                        int(labels[q]), scores[q].cpu(), neighbours[q].cpu())
         for q in pick_examples(labels.cpu(), cfg.examples, generator)
     ]
-    return RetrievalResult(precision, knn.scores(), examples, len(labels))
+    return RetrievalResult(precision, knn.scores(list(classes.names)), examples, len(labels))
 
 
 def pick_examples(labels: Tensor, count: int, generator: torch.Generator) -> list[int]:

@@ -5,33 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from cityscapesscripts.helpers.labels import trainId2label
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-IGNORE_INDEX = 255
 
 
-def _train_id_palette() -> np.ndarray:
-    """(256, 3) uint8 lookup table trainId -> cityscapesscripts colour; everything else black."""
-    lut = np.zeros((256, 3), np.uint8)
-    for train_id, label in trainId2label.items():
-        if 0 <= train_id < IGNORE_INDEX:
-            lut[train_id] = label.color
-    return lut
+def colorize_train_ids(mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 trainIds (255 = ignore) -> (H, W, 3) uint8 RGB.
+
+    colors: (K, 3) uint8, the class table's colour per train id; ignore (and ids >= K) are black.
+    """
+    palette = np.zeros((256, 3), np.uint8)  # (256, 3): any uint8 id indexes it
+    palette[: len(colors)] = colors
+    return palette[np.asarray(mask, dtype=np.uint8)]
 
 
-_PALETTE = _train_id_palette()
-
-
-def colorize_train_ids(mask: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 trainIds (255 = ignore) -> (H, W, 3) uint8 RGB; ignore (and unknown ids) black."""
-    return _PALETTE[np.asarray(mask, dtype=np.uint8)]
-
-
-def plot_examples(images: list[np.ndarray], masks: list[np.ndarray], path: Path,
+def plot_examples(images: list[np.ndarray], masks: list[np.ndarray], path: Path, *, colors: np.ndarray,
                   title: str | None = None) -> None:
-    """Save a grid, one row per example: image (H, W, 3) uint8 | colourised trainId mask (H, W).
+    """Save a grid, one row per example: image (H, W, 3) uint8 | colourised trainId mask (H, W),
+    colours (K, 3) from the class table.
 
     Written as PNG at path; parent folders are created.
     """
@@ -46,7 +38,7 @@ def plot_examples(images: list[np.ndarray], masks: list[np.ndarray], path: Path,
     axes = fig.subplots(len(images), 2, squeeze=False)
     for row, (image, mask) in enumerate(zip(images, masks)):
         axes[row, 0].imshow(np.asarray(image))
-        axes[row, 1].imshow(colorize_train_ids(mask), interpolation="nearest")
+        axes[row, 1].imshow(colorize_train_ids(mask, colors), interpolation="nearest")
         for ax in axes[row]:
             ax.set_axis_off()
     axes[0, 0].set_title("image", fontsize=9)
@@ -71,8 +63,10 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, format="png", dpi=100)
 
 
-def plot_overlays(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str) -> None:
-    """One row per example: image (H, W, 3) | ground truth (H, W) | prediction (H, W) trainIds."""
+def plot_overlays(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str,
+                  colors: np.ndarray) -> None:
+    """One row per example: image (H, W, 3) | ground truth (H, W) | prediction (H, W) trainIds,
+    coloured with the class table's (K, 3) colours."""
     if not rows:
         return
     h, w = rows[0][0].shape[:2]
@@ -80,8 +74,8 @@ def plot_overlays(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: P
     axes = fig.subplots(len(rows), 3, squeeze=False)
     for r, (image, truth, prediction) in enumerate(rows):
         axes[r, 0].imshow(image)
-        axes[r, 1].imshow(colorize_train_ids(truth), interpolation="nearest")
-        axes[r, 2].imshow(colorize_train_ids(prediction), interpolation="nearest")
+        axes[r, 1].imshow(colorize_train_ids(truth, colors), interpolation="nearest")
+        axes[r, 2].imshow(colorize_train_ids(prediction, colors), interpolation="nearest")
         for ax in axes[r]:
             ax.set_axis_off()
     for ax, name in zip(axes[0], ("image", "ground truth", "prediction")):

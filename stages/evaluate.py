@@ -26,26 +26,27 @@ def main(
     import pandas as pd
 
     from pixpro.checkpoint import load_checkpoint
+    from pixpro.data.classes import load_prepared_classes
     from pixpro.evaluate import evaluate_segmentation
     from pixpro.features import split_rows
     from pixpro.io import atomic_write_json, atomic_write_text
-    from pixpro.metrics import train_class_names
     from pixpro.probe import probe_from_state
     from pixpro.viz import plot_confusion, plot_overlays
 
     cfg = load(params)
+    classes = load_prepared_classes(data)
     model, device = frozen_backbone(backbone, cfg, checkpoint)
     linear = probe_from_state(load_checkpoint(probe, "probe"), cfg.pretrain.backbone.dim, str(probe))
     rows = split_rows(data, "val")
     result = evaluate_segmentation(model, linear, rows, cfg.evaluate.batch_size, device, predictions,
-                                   cfg.evaluate.overlays)
-    names = train_class_names()
+                                   cfg.evaluate.overlays, classes)
+    names = list(classes.names)
     iou = pd.DataFrame({"class": names, "iou": [result.scores.iou[n] for n in names]}).dropna()
     atomic_write_text(plots / "per_class_iou.csv", iou.to_csv(index=False))
     plot_confusion(result.confusion.numpy(), names, plots / "confusion.png",
                    f"{backbone}: row-normalised confusion (val)")
     plot_overlays([(o.image, o.truth, o.prediction) for o in result.overlays], plots / "overlays.png",
-                  f"{backbone} backbone + linear probe")
+                  f"{backbone} backbone + linear probe", classes.colors)
     atomic_write_json(metrics, result.scores.to_json_dict())
     err_console.print(f"{backbone}: mIoU {result.scores.miou:.4f}, pixel accuracy "
                       f"{result.scores.pixel_accuracy:.4f} on {len(rows)} val images")

@@ -21,10 +21,12 @@ def main(
     """Sample extract.pixels_per_image class-balanced labelled pixels per train image and store
     their L2-normalised features (float16) with labels."""
     from pixpro.checkpoint import save_checkpoint
+    from pixpro.data.classes import load_prepared_classes
     from pixpro.features import extract_bank, split_rows
 
     cfg = load(params)
+    classes = load_prepared_classes(data)
     model, device = frozen_backbone(backbone, cfg, checkpoint)
-    bank = extract_bank(model, split_rows(data, "train"), cfg.extract, cfg.seed, device)
+    bank = extract_bank(model, split_rows(data, "train"), cfg.extract, cfg.seed, device, classes.num_classes)
     save_checkpoint(out, bank.to_dict())
     err_console.print(f"{backbone}: {len(bank.labels)} pixels x {bank.features.shape[1]} dims -> {out}")

@@ -1,4 +1,4 @@
-"""`pixpro prepare`: raw Cityscapes (or the synthetic default) -> data/prepared/."""
+"""`pixpro prepare`: raw Cityscapes, a folder tree (or the synthetic default) -> data/prepared/."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ def main(
     metrics: Path = typer.Option(Path("metrics/prepare.json"), help="Class-frequency metrics file."),
     plots: Path = typer.Option(Path("plots/prepare"), help="Folder for frequency tables and example pictures."),
 ) -> None:
-    """Resize images, convert labelIds to the 19 train ids and write the manifest.
+    """Resize images, convert label values to train ids with the class table (data.classes) and
+    write the manifest and classes.csv.
 
-    With data.source=synthetic a street-scene Cityscapes tree is generated from `seed` first.
+    With data.source=synthetic a street-scene Cityscapes tree is generated from `seed` first;
+    data.source=folder reads any tree laid out like Cityscapes, with its own suffixes.
     """
     from pixpro.data.prepare import run_prepare
 

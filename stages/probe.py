@@ -20,14 +20,13 @@ def main(
     import pandas as pd
 
     from pixpro.checkpoint import save_checkpoint
-    from pixpro.data.cityscapes import NUM_CLASSES
     from pixpro.features import load_bank
     from pixpro.io import atomic_write_text
     from pixpro.probe import fit_probe, probe_state
 
     cfg = load(params)
     features = load_bank(bank)
-    fit = fit_probe(features.features, features.labels.long(), NUM_CLASSES, cfg.probe)
+    fit = fit_probe(features.features, features.labels.long(), features.num_classes, cfg.probe)
     save_checkpoint(out, probe_state(fit))
     table = pd.DataFrame({"evaluation": range(len(fit.curve)), "objective": fit.curve})
     atomic_write_text(curve, table.to_csv(index=False))

@@ -25,18 +25,19 @@ def main(
     import numpy as np
     from PIL import Image
 
+    from pixpro.data.classes import load_prepared_classes
     from pixpro.features import load_bank, split_rows
     from pixpro.io import atomic_write_json
-    from pixpro.metrics import train_class_names
     from pixpro.retrieval import run_retrieval
     from pixpro.viz import plot_retrieval
 
     cfg = load(params)
+    classes = load_prepared_classes(data)
     model, device = frozen_backbone(backbone, cfg, checkpoint)
     result = run_retrieval(model, load_bank(bank, cfg.pretrain.backbone.dim), split_rows(data, "val"),
                            split_rows(data, "train"),
-                           cfg.retrieval, cfg.seed, device, cfg.evaluate.batch_size)
-    names = train_class_names()
+                           cfg.retrieval, cfg.seed, device, cfg.evaluate.batch_size, classes)
+    names = list(classes.names)
     for i, example in enumerate(result.examples):
         retrieved = [(np.asarray(Image.open(path).convert("RGB")), pixel, names[label], score)
                      for path, pixel, label, score in example.retrieved]

@@ -39,7 +39,7 @@ def test_prepare_help_describes_itself():
     result = CliRunner().invoke(app, ["prepare", "--help"])
     assert result.exit_code == 0
     text = " ".join(result.output.split())  # Rich wraps the help text; compare word by word
-    assert "Resize images, convert labelIds to the 19 train ids and write the manifest" in text
+    assert "Resize images, convert label values to train ids with the class table (data.classes)" in text
     for option in ("--params", "--out", "--metrics", "--plots"):
         assert option in text
 

@@ -21,6 +21,7 @@ from torch import nn
 from pixpro.checkpoint import save_checkpoint
 from pixpro.config import ProbeConfig, params_from_dict
 from pixpro.data.cityscapes import IGNORE, NUM_CLASSES
+from pixpro.data.classes import load_class_table
 from pixpro.data.prepare import run_prepare
 from pixpro.errors import CheckpointError, ConfigError, DataError, PixproError
 from pixpro.evaluate import BoundedWriter, check_same_size, evaluate_segmentation
@@ -40,6 +41,7 @@ from tests.conftest import REPO, VENV_BIN, tiny_params
 from tests.test_train import TINY_PRETRAIN
 
 CPU = torch.device("cpu")
+CITYSCAPES = load_class_table("cityscapes")
 TINY_EVAL = {
     "extract.pixels_per_image": 16,
     "extract.batch_size": 4,
@@ -97,19 +99,19 @@ def class_counts(mask: torch.Tensor, picked: torch.Tensor) -> dict[int, int]:
 
 def test_balanced_pixels_gives_equal_counts_when_every_class_has_enough():
     mask = three_class_mask()
-    picked = balanced_pixels(mask, 15, torch.Generator().manual_seed(0))
+    picked = balanced_pixels(mask, 15, torch.Generator().manual_seed(0), NUM_CLASSES)
     assert picked.dtype == torch.int64 and picked.unique().numel() == 15
     assert class_counts(mask, picked) == {3: 5, 7: 5, 12: 5}
 
 
 def test_balanced_pixels_small_class_gives_all_and_the_rest_go_to_the_others():
     mask = three_class_mask()
-    picked = balanced_pixels(mask, 30, torch.Generator().manual_seed(0))
+    picked = balanced_pixels(mask, 30, torch.Generator().manual_seed(0), NUM_CLASSES)
     counts = class_counts(mask, picked)
     assert picked.unique().numel() == 30
     assert counts[12] == 5 and counts[3] + counts[7] == 25 and abs(counts[3] - counts[7]) <= 1
     # Asking for more than there is gives every labelled pixel once, never an ignored one.
-    everything = balanced_pixels(mask, 1000, torch.Generator().manual_seed(0))
+    everything = balanced_pixels(mask, 1000, torch.Generator().manual_seed(0), NUM_CLASSES)
     assert sorted(everything.tolist()) == (mask.flatten() != IGNORE).nonzero().squeeze(1).tolist()
 
 
@@ -117,21 +119,21 @@ def test_balanced_pixels_small_class_gives_all_and_the_rest_go_to_the_others():
 def test_balanced_pixels_never_picks_ignored_pixels(count):
     mask = three_class_mask()
     for seed in range(3):
-        picked = balanced_pixels(mask, count, torch.Generator().manual_seed(seed))
+        picked = balanced_pixels(mask, count, torch.Generator().manual_seed(seed), NUM_CLASSES)
         assert len(picked) == count
         assert (mask.flatten()[picked] != IGNORE).all()
 
 
 def test_balanced_pixels_of_an_all_ignored_mask_is_empty():
     mask = torch.full((4, 4), IGNORE, dtype=torch.int64)
-    assert balanced_pixels(mask, 8, torch.Generator().manual_seed(0)).numel() == 0
+    assert balanced_pixels(mask, 8, torch.Generator().manual_seed(0), NUM_CLASSES).numel() == 0
 
 
 def test_balanced_pixels_depends_only_on_the_seed():
     mask = three_class_mask()
-    first = balanced_pixels(mask, 15, torch.Generator().manual_seed(1))
-    again = balanced_pixels(mask, 15, torch.Generator().manual_seed(1))
-    other = balanced_pixels(mask, 15, torch.Generator().manual_seed(2))
+    first = balanced_pixels(mask, 15, torch.Generator().manual_seed(1), NUM_CLASSES)
+    again = balanced_pixels(mask, 15, torch.Generator().manual_seed(1), NUM_CLASSES)
+    other = balanced_pixels(mask, 15, torch.Generator().manual_seed(2), NUM_CLASSES)
     assert torch.equal(first, again)
     assert not torch.equal(first.sort().values, other.sort().values)
 
@@ -142,10 +144,12 @@ def test_balanced_pixels_depends_only_on_the_seed():
 def test_extract_bank_is_deterministic_unit_norm_and_labelled(prepared, random_backbone):
     params = make_params()
     rows = split_rows(prepared, "train")
-    bank = extract_bank(random_backbone, rows, params.extract, params.seed, CPU)
-    again = extract_bank(random_backbone, rows, params.extract, params.seed, CPU)
+    bank = extract_bank(random_backbone, rows, params.extract, params.seed, CPU, NUM_CLASSES)
+    again = extract_bank(random_backbone, rows, params.extract, params.seed, CPU, NUM_CLASSES)
     for name, value in bank.to_dict().items():
-        assert torch.equal(value, again.to_dict()[name]), name
+        other = again.to_dict()[name]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, name
+    assert bank.num_classes == NUM_CLASSES
 
     assert bank.features.dtype == torch.float16 and bank.features.shape[1] == 8
     assert torch.allclose(bank.features.float().norm(dim=1), torch.ones(len(bank.labels)), atol=1e-2)
@@ -163,8 +167,10 @@ def test_extract_bank_is_deterministic_unit_norm_and_labelled(prepared, random_b
 def test_extract_bank_does_not_depend_on_the_batch_size(prepared, random_backbone):
     params = make_params()
     rows = split_rows(prepared, "train")
-    one = extract_bank(random_backbone, rows, params.extract.__class__(16, 1), params.seed, CPU)
-    three = extract_bank(random_backbone, rows, params.extract.__class__(16, 3), params.seed, CPU)
+    one = extract_bank(random_backbone, rows, params.extract.__class__(16, 1), params.seed, CPU,
+                       NUM_CLASSES)
+    three = extract_bank(random_backbone, rows, params.extract.__class__(16, 3), params.seed, CPU,
+                         NUM_CLASSES)
     assert torch.equal(one.labels, three.labels) and torch.equal(one.pixel_index, three.pixel_index)
     assert torch.equal(one.image_index, three.image_index)
     assert torch.allclose(one.features.float(), three.features.float(), atol=2e-3)
@@ -273,7 +279,8 @@ def test_evaluate_writes_predictions_that_match_the_confusion(prepared, random_b
     rows = split_rows(prepared, "val")
     torch.manual_seed(0)
     probe = nn.Linear(8, NUM_CLASSES)
-    result = evaluate_segmentation(random_backbone, probe, rows, 1, CPU, tmp_path / "pred", overlays=1)
+    result = evaluate_segmentation(random_backbone, probe, rows, 1, CPU, tmp_path / "pred", overlays=1,
+                                   classes=CITYSCAPES)
 
     names = sorted(p.name for p in (tmp_path / "pred").iterdir())
     assert names == sorted(Path(p).name for p in rows["image"])
@@ -285,7 +292,7 @@ def test_evaluate_writes_predictions_that_match_the_confusion(prepared, random_b
         prediction = np.asarray(written)
         assert prediction.dtype == np.uint8 and prediction.max() < NUM_CLASSES
         expected += confusion_matrix(torch.from_numpy(prediction.astype(np.int64)),
-                                     torch.from_numpy(mask.astype(np.int64)))
+                                     torch.from_numpy(mask.astype(np.int64)), NUM_CLASSES)
     assert torch.equal(result.confusion, expected)
     assert result.confusion.sum() > 0
     assert 0 <= result.scores.miou <= 1 and 0 <= result.scores.pixel_accuracy <= 1
@@ -300,7 +307,7 @@ def test_a_failed_prediction_write_fails_the_evaluation(prepared, random_backbon
     monkeypatch.setattr(Image.Image, "save", disk_full)
     with pytest.raises(PixproError, match=r"could not write .*\.png: No space left on device"):
         evaluate_segmentation(random_backbone, nn.Linear(8, NUM_CLASSES), split_rows(prepared, "val"), 2, CPU,
-                              tmp_path / "pred", overlays=0)
+                              tmp_path / "pred", overlays=0, classes=CITYSCAPES)
 
 
 def test_prediction_of_another_size_than_its_label_is_a_data_error():
@@ -316,20 +323,20 @@ def test_stratified_queries_take_about_the_same_number_per_class():
     masks[0][0, :3] = 1  # class 1: 3 pixels
     masks[1][2:4, :] = 2  # class 2: 16 pixels
     masks[1][7, :] = IGNORE
-    image, pixel = stratified_queries(masks, 15, torch.Generator().manual_seed(0))  # 5 per class
+    image, pixel = stratified_queries(masks, 15, torch.Generator().manual_seed(0), NUM_CLASSES)  # 5 per class
     labels = [int(masks[i].flatten()[p]) for i, p in zip(image.tolist(), pixel.tolist())]
     assert sorted(labels) == [0] * 5 + [1] * 3 + [2] * 5
     assert image.tolist() == sorted(image.tolist())
     assert len(set(zip(image.tolist(), pixel.tolist()))) == len(labels)
-    again = stratified_queries(masks, 15, torch.Generator().manual_seed(0))
+    again = stratified_queries(masks, 15, torch.Generator().manual_seed(0), NUM_CLASSES)
     assert torch.equal(again[0], image) and torch.equal(again[1], pixel)
 
 
 def test_run_retrieval_on_the_tiny_set(prepared, random_backbone):
     params = make_params()
     train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
-    bank = extract_bank(random_backbone, train, params.extract, params.seed, CPU)
-    result = run_retrieval(random_backbone, bank, val, train, params.retrieval, params.seed, CPU, 2)
+    bank = extract_bank(random_backbone, train, params.extract, params.seed, CPU, NUM_CLASSES)
+    result = run_retrieval(random_backbone, bank, val, train, params.retrieval, params.seed, CPU, 2, CITYSCAPES)
     assert set(result.precision) == {1, 10}
     assert all(0.0 <= p <= 1.0 for p in result.precision.values())
     assert 0.0 <= result.knn.miou <= 1.0 and 0 < result.query_count <= params.retrieval.queries
@@ -339,9 +346,10 @@ def test_run_retrieval_on_the_tiny_set(prepared, random_backbone):
 def test_retrieval_with_a_bank_smaller_than_k_is_a_clear_error(prepared, random_backbone):
     params = make_params()
     train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
-    bank = extract_bank(random_backbone, train, params.extract.__class__(2, 4), params.seed, CPU)  # 8 pixels
+    bank = extract_bank(random_backbone, train, params.extract.__class__(2, 4), params.seed, CPU,
+                        NUM_CLASSES)  # 8 pixels
     with pytest.raises(ConfigError, match=r"retrieval\.k = 10 .* 8 pixels.*extract\.pixels_per_image"):
-        run_retrieval(random_backbone, bank, val, train, params.retrieval, params.seed, CPU, 2)
+        run_retrieval(random_backbone, bank, val, train, params.retrieval, params.seed, CPU, 2, CITYSCAPES)
 
 
 # --- report -------------------------------------------------------------------------------------

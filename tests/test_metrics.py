@@ -11,6 +11,9 @@ import torch
 from PIL import Image
 
 from pixpro import metrics as M
+from pixpro.data.classes import load_class_table
+
+CITYSCAPES = load_class_table("cityscapes")
 
 
 # --------------------------------------------------------------------------- #
@@ -58,34 +61,34 @@ def test_segmentation_scores_json_safe():
     assert set(d) == {"miou", "pixel_accuracy", "iou"}
     assert d["iou"]["d"] is None
     json.dumps(d, allow_nan=False)  # raises if a NaN slipped through
-    empty = M.segmentation_scores(torch.zeros(19, 19, dtype=torch.int64))
-    assert list(empty.iou) == M.train_class_names()
+    empty = M.segmentation_scores(torch.zeros(19, 19, dtype=torch.int64), list(CITYSCAPES.names))
+    assert list(empty.iou) == list(CITYSCAPES.names)
     json.dumps(empty.to_json_dict(), allow_nan=False)
     with pytest.raises(ValueError, match="class names"):
         M.segmentation_scores(conf, ["a", "b"])
 
 
 def test_train_class_names():
-    names = M.train_class_names()
-    assert len(names) == M.NUM_CLASSES
+    names = CITYSCAPES.names
+    assert len(names) == CITYSCAPES.num_classes == 19
     assert names[0] == "road" and names[13] == "car" and names[18] == "bicycle"
 
 
 def test_errors():
     t = torch.zeros(2, 3, dtype=torch.int64)
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(3, 2\)"):
-        M.confusion_matrix(t, torch.zeros(3, 2, dtype=torch.int64))
+        M.confusion_matrix(t, torch.zeros(3, 2, dtype=torch.int64), 19)
     with pytest.raises(ValueError, match="pred contains values outside"):
-        M.confusion_matrix(torch.tensor([0, 19]), torch.tensor([0, 1]))
+        M.confusion_matrix(torch.tensor([0, 19]), torch.tensor([0, 1]), 19)
     with pytest.raises(ValueError, match="pred contains values outside"):
-        M.confusion_matrix(torch.tensor([-1, 0]), torch.tensor([0, 1]))
+        M.confusion_matrix(torch.tensor([-1, 0]), torch.tensor([0, 1]), 19)
     with pytest.raises(ValueError, match="target contains values outside"):
-        M.confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 19]))
+        M.confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 19]), 19)
     # An out-of-range prediction on an ignored pixel is fine.
-    conf = M.confusion_matrix(torch.tensor([0, 255]), torch.tensor([0, 255]))
+    conf = M.confusion_matrix(torch.tensor([0, 255]), torch.tensor([0, 255]), 19)
     assert conf.sum().item() == 1 and conf[0, 0].item() == 1
     with pytest.raises(TypeError, match="integer"):
-        M.confusion_matrix(torch.zeros(3), torch.zeros(3, dtype=torch.int64))
+        M.confusion_matrix(torch.zeros(3), torch.zeros(3, dtype=torch.int64), 19)
 
 
 # --------------------------------------------------------------------------- #
@@ -104,11 +107,11 @@ def test_accumulator_equals_one_shot():
         preds.append(pred)
         targets.append(target)
 
-    acc = M.ConfusionAccumulator()
+    acc = M.ConfusionAccumulator(19)
     assert acc.conf.sum().item() == 0
     for p, t in zip(preds, targets):
         acc.update(p, t)
-    one_shot = M.confusion_matrix(torch.cat(preds), torch.cat(targets))
+    one_shot = M.confusion_matrix(torch.cat(preds), torch.cat(targets), 19)
     assert torch.equal(acc.conf, one_shot)
     s = acc.scores()
     assert s.miou == pytest.approx(M.mean_iou(one_shot))
@@ -169,7 +172,7 @@ def test_matches_official_cityscapes_evaluation(tmp_path, monkeypatch):
     gt_dir.mkdir()
     pred_dir.mkdir()
     gt_files, pred_files = [], []
-    acc = M.ConfusionAccumulator()
+    acc = M.ConfusionAccumulator(19)
     for i in range(3):
         gt = rng.choice(gt_label_ids, size=(32, 64)).astype(np.uint8)
         gt_train = label_to_train[gt]
@@ -191,9 +194,9 @@ def test_matches_official_cityscapes_evaluation(tmp_path, monkeypatch):
     official = ev.evaluateImgLists(pred_files, gt_files, _official_args(tmp_path))
     assert not (tmp_path / "official.json").exists()
 
-    ours = acc.scores()
+    names = list(CITYSCAPES.names)
+    ours = acc.scores(names)
     ours_iou = M.iou_per_class(acc.conf)
-    names = M.train_class_names()
     for t in range(19):
         theirs = official["classScores"][names[t]]
         if math.isnan(theirs):

@@ -23,7 +23,7 @@ from pixpro.data.cityscapes import KNOWN_LABEL_IDS, LABEL_TO_TRAIN, discover, la
 from pixpro.data.prepare import MANIFEST_COLUMNS, load_manifest, run_prepare
 from pixpro.data.synthetic import render_scene, scene_jobs
 from pixpro.errors import DataError
-from pixpro.metrics import train_class_names
+from pixpro.data.classes import load_class_table
 from stages.cli import app
 
 OUT = Path("prepared")  # relative: the tests chdir into tmp_path, like DVC runs from the repo root
@@ -160,7 +160,7 @@ def test_prepare_metrics_and_plots(tiny_tree, tmp_path, monkeypatch):
     result = _run(_cityscapes(tiny_tree))
     metrics = json.loads(METRICS.read_text())
     assert set(metrics) == {"train", "val"}
-    names = train_class_names()
+    names = list(load_class_table("cityscapes").names)
     manifest = load_manifest(OUT)
     for split, entry in metrics.items():
         assert entry["images"] == (4 if split == "train" else 2)
@@ -190,7 +190,7 @@ def test_prepare_synthetic_is_deterministic(tmp_path, monkeypatch):
         assert not (OUT / "raw").exists()  # the generated raw tree is not kept
         runs.append(_tree_bytes(tmp_path / name / OUT))
     assert runs[0] == runs[1]
-    assert len(runs[0]) == 1 + 4 * 2 + 2 * 2  # manifest + image and mask per labelled image
+    assert len(runs[0]) == 2 + 4 * 2 + 2 * 2  # manifest, classes.csv + image and mask per labelled image
     # The raw tree is gone, but each scene re-renders from its job's seed: same checks as for
     # real Cityscapes (official table after a nearest resize, RGB images at data.size).
     manifest = pd.read_csv(tmp_path / "a" / OUT / "manifest.csv", dtype=str, keep_default_na=False)
@@ -402,11 +402,11 @@ def test_interrupted_run_keeps_previous_output(failure, tiny_tree, tmp_path, mon
     real = prepare_module.prepare_sample
     calls = []
 
-    def flaky(sample, out_dir, size):
+    def flaky(sample, out_dir, size, classes):
         calls.append(sample)
         if len(calls) == 3:  # after two images were already written into the temp folder
             raise failure
-        return real(sample, out_dir, size)
+        return real(sample, out_dir, size, classes)
 
     monkeypatch.setattr(prepare_module, "prepare_sample", flaky)
     with pytest.raises(type(failure)):
@@ -418,7 +418,7 @@ def test_interrupted_run_keeps_previous_output(failure, tiny_tree, tmp_path, mon
 def test_interrupted_first_run_leaves_no_manifest(tiny_tree, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
-    def fail(sample, out_dir, size):
+    def fail(sample, out_dir, size, classes):
         raise DataError("first image fails")
 
     monkeypatch.setattr(prepare_module, "prepare_sample", fail)

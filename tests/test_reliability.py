@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 import pixpro.io
 from pixpro.checkpoint import save_checkpoint
 from pixpro.data.cityscapes import NUM_CLASSES
+from pixpro.data.classes import load_class_table
 from pixpro.errors import CheckpointError, PixproError
 from pixpro.evaluate import evaluate_segmentation
 from pixpro.features import extract_bank, load_frozen_backbone, split_rows
@@ -33,6 +34,7 @@ from tests.test_train import TINY_PRETRAIN, _free_port
 from tests.test_train import make_params as train_params
 
 CPU = torch.device("cpu")
+CITYSCAPES = load_class_table("cityscapes")
 
 
 def make_params(**overrides):
@@ -77,12 +79,12 @@ def evaluation_metrics(params, prepared: Path, backbone_file: Path, folder: Path
     """extract -> probe -> evaluate -> retrieval in-process, as the stages chain them."""
     model = load_frozen_backbone("pretrained", params, backbone_file)
     train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
-    bank = extract_bank(model, train, params.extract, params.seed, CPU)
+    bank = extract_bank(model, train, params.extract, params.seed, CPU, NUM_CLASSES)
     fit = fit_probe(bank.features, bank.labels.long(), NUM_CLASSES, params.probe)
     evaluation = evaluate_segmentation(model, fit.probe, val, params.evaluate.batch_size, CPU, folder / "pred",
-                                       params.evaluate.overlays)
+                                       params.evaluate.overlays, CITYSCAPES)
     retrieval = run_retrieval(model, bank, val, train, params.retrieval, params.seed, CPU,
-                              params.evaluate.batch_size)
+                              params.evaluate.batch_size, CITYSCAPES)
     return {"segmentation": evaluation.scores.to_json_dict(), "curve": fit.curve,
             "precision": retrieval.precision, "knn": retrieval.knn.to_json_dict()}
 
@@ -213,7 +215,7 @@ def test_bank_of_other_features_is_rejected_by_retrieval(tmp_path, prepared):
     save_checkpoint(bank_file, {"features": torch.nn.functional.normalize(torch.randn(n, 16)).half(),
                                 "labels": torch.zeros(n, dtype=torch.uint8),
                                 "image_index": torch.zeros(n, dtype=torch.int32),
-                                "pixel_index": torch.arange(n)})
+                                "pixel_index": torch.arange(n), "num_classes": NUM_CLASSES})
     params = write_params(tmp_path / "params.yaml")
     code, output = invoke("retrieval", "--backbone", "random", "--params", params, "--data", prepared,
                           "--bank", bank_file, "--metrics", tmp_path / "m.json", "--plots", tmp_path / "plots")

@@ -15,6 +15,7 @@ from PIL import Image
 
 from pixpro.data.synthetic import (CITY_NAMES, EXTRA_SPLIT, SPLITS, generate_tree, render_scene,
                                    scene_jobs)
+from pixpro.data.classes import load_class_table
 from pixpro.viz import colorize_train_ids, plot_examples
 
 SMALL = (64, 128)  # (H, W)
@@ -206,7 +207,7 @@ def test_colour_alone_does_not_give_the_class(one_torch_thread):
 # ----------------------------------------------------------------------------------------------
 def test_colorize_train_ids_uses_cityscapes_colours():
     mask = np.array([[0, 255], [10, 250]], np.uint8)
-    rgb = colorize_train_ids(mask)
+    rgb = colorize_train_ids(mask, load_class_table("cityscapes").colors)
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
     assert tuple(rgb[0, 0]) == name2label["road"].color
     assert tuple(rgb[1, 0]) == name2label["sky"].color
@@ -221,7 +222,7 @@ def test_plot_examples_writes_png(tmp_path):
         images.append(image)
         masks.append(LUT[label])
     path = tmp_path / "sub" / "examples.png"
-    plot_examples(images, masks, path, title="two scenes")
+    plot_examples(images, masks, path, colors=load_class_table("cityscapes").colors, title="two scenes")
     assert path.stat().st_size > 1000
     with Image.open(path) as im:
         assert im.format == "PNG"

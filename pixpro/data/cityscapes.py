@@ -1,6 +1,8 @@
-"""Cityscapes layout discovery, labelIds -> trainIds lookup and per-image preparation.
+"""Cityscapes layout discovery and per-image preparation.
 
-Real Cityscapes and the synthetic generator's tree go through exactly this code.
+Real Cityscapes, the synthetic generator's tree and `data.source: folder` go through exactly
+this code: a folder tree is the Cityscapes layout (`leftImg8bit/<split>/<dir>/<name><image
+suffix>`, labels under `gtFine/` with the label suffix) with its own suffixes and class table.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
-from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from PIL import Image, UnidentifiedImageError
 
+from pixpro.data.classes import IGNORE, ClassTable, load_class_table
 from pixpro.errors import DataError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -20,70 +22,113 @@ LABEL_SUFFIX = "_gtFine_labelIds.png"
 MASK_SUFFIX = "_gtFine_trainIds.png"
 LABELLED_SPLITS = ("train", "val")
 EXTRA_SPLIT = "train_extra"
-IGNORE = 255
-NUM_CLASSES = 19
+__all__ = ["IGNORE", "NUM_CLASSES", "Layout", "Sample", "discover", "label_lookup", "prepare_sample"]
 
 
 def label_lookup() -> tuple[np.ndarray, np.ndarray]:
-    """Build (lut (256,) uint8 labelId -> trainId, known (256,) bool) from cityscapesscripts.
-
-    Ids that the table maps to no train class (trainId 255 or -1) go to IGNORE; `known` marks
-    the ids that exist in the table, so a stray value can be reported instead of ignored.
-    """
-    lut = np.full(256, IGNORE, dtype=np.uint8)
-    known = np.zeros(256, dtype=bool)
-    for label in CITYSCAPES_LABELS:
-        if 0 <= label.id < 256:  # 'license plate' has id -1: it never occurs in labelIds PNGs
-            known[label.id] = True
-            lut[label.id] = label.trainId if 0 <= label.trainId < NUM_CLASSES else IGNORE
-    return lut, known
+    """(lut (256,) uint8 labelId -> trainId, known (256,) bool) of the built-in Cityscapes table."""
+    table = load_class_table("cityscapes")
+    return table.lut.copy(), table.known.copy()
 
 
 LABEL_TO_TRAIN, KNOWN_LABEL_IDS = label_lookup()
+# The Cityscapes table's K (19), for Cityscapes-only code such as benchmarks and tests; the
+# pipeline takes K from the prepared data's class table.
+NUM_CLASSES = load_class_table("cityscapes").num_classes
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How to find images and labels under a root.
+
+    unlabelled: split folders whose images are used only for pretraining (no labels read).
+    cityscapes: whether error messages describe Cityscapes names (`<city>_<seq>_<frame>`).
+    """
+
+    image_suffix: str = IMAGE_SUFFIX
+    label_suffix: str = LABEL_SUFFIX
+    unlabelled: tuple[str, ...] = ()
+    cityscapes: bool = True
+
+    def pattern(self) -> str:
+        name = "<city>/<city>_<seq>_<frame>" if self.cityscapes else "<dir>/<name>"
+        return "leftImg8bit/{train,val}/" + name + self.image_suffix
 
 
 class Sample(NamedTuple):
-    split: str
-    city: str
+    split: str  # train, val, or train_extra for every unlabelled (pretraining-only) folder
+    city: str  # the folder under the split (a city for Cityscapes, any name otherwise)
     stem: str  # e.g. aachen_000000_000019
     image: Path
     label: Optional[Path]  # None for unlabelled splits
+    folder: Optional[str] = None  # the split folder on disk when it differs from `split`
 
 
-def discover(root: Path, use_extra: bool = False) -> list[Sample]:
-    """List train/val (and optionally train_extra) images under a Cityscapes root.
+def _found(folder: Path, limit: int = 3) -> str:
+    names = sorted(p.name for p in folder.glob("*/*") if p.is_file())[:limit]
+    return ", ".join(names) if names else "no file"
 
-    Raises DataError when the layout is missing or when labelled images lack their labels.
+
+def _labelled(root: Path, split: str, layout: Layout) -> list[Sample]:
+    folder = root / "leftImg8bit" / split
+    images = sorted(folder.glob(f"*/*{layout.image_suffix}"))
+    if not images and any(p.is_file() for p in folder.glob("*/*")):
+        raise DataError(f"image suffix {layout.image_suffix!r} (data.image_suffix) matches no file in "
+                        f"{folder}/<dir>/; found e.g. {_found(folder)}")
+    samples, missing = [], []
+    for image in images:
+        city, stem = image.parent.name, image.name[: -len(layout.image_suffix)]
+        label = root / "gtFine" / split / city / f"{stem}{layout.label_suffix}"
+        if not label.is_file():
+            missing.append(label)
+        samples.append(Sample(split, city, stem, image, label))
+    labels = root / "gtFine" / split
+    if images and len(missing) == len(images) and any(p.is_file() for p in labels.glob("*/*")):
+        raise DataError(f"label suffix {layout.label_suffix!r} (data.label_suffix) matches no file in "
+                        f"{labels}/<dir>/; found e.g. {_found(labels)}")
+    if missing:
+        shown = ", ".join(str(p.relative_to(root)) for p in missing[:3])
+        raise DataError(f"{len(missing)} of {len(images)} {split} images have no label under "
+                        f"{root}/gtFine, e.g. {shown}")
+    return samples
+
+
+def discover(root: Path, use_extra: bool = False, layout: Layout = Layout()) -> list[Sample]:
+    """List train/val (and the unlabelled, e.g. train_extra) images under a Cityscapes-layout root.
+
+    Raises DataError when the layout is missing, a suffix matches nothing, or labelled images
+    lack their labels.
     """
     root = Path(root)
-    pattern = "leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>" + IMAGE_SUFFIX
+    pattern = layout.pattern()
     if not root.is_dir():
-        raise DataError(f"data.root {root} does not exist; expected Cityscapes images at {root}/{pattern}")
+        what = "Cityscapes images" if layout.cityscapes else "images"
+        raise DataError(f"data.root {root} does not exist; expected {what} at {root}/{pattern}")
     samples: list[Sample] = []
     for split in LABELLED_SPLITS:
-        images = sorted((root / "leftImg8bit" / split).glob(f"*/*{IMAGE_SUFFIX}"))
-        missing = []
-        for image in images:
-            city, stem = image.parent.name, image.name[: -len(IMAGE_SUFFIX)]
-            label = root / "gtFine" / split / city / f"{stem}{LABEL_SUFFIX}"
-            if not label.is_file():
-                missing.append(label)
-            samples.append(Sample(split, city, stem, image, label))
-        if missing:
-            shown = ", ".join(str(p.relative_to(root)) for p in missing[:3])
-            raise DataError(f"{len(missing)} of {len(images)} {split} images have no label under "
-                            f"{root}/gtFine, e.g. {shown}")
+        samples += _labelled(root, split, layout)
     for split in LABELLED_SPLITS:
         if not any(s.split == split for s in samples):
             found = sorted(p.name for p in root.iterdir())[:8] if any(root.iterdir()) else []
             raise DataError(f"no {split} images in data.root {root}: expected {pattern}; "
                             f"found {found or 'an empty directory'}")
     if use_extra:
-        extra = sorted((root / "leftImg8bit" / EXTRA_SPLIT).glob(f"*/*{IMAGE_SUFFIX}"))
+        extra = sorted((root / "leftImg8bit" / EXTRA_SPLIT).glob(f"*/*{layout.image_suffix}"))
         if not extra:
             raise DataError(f"data.use_extra is true but {root}/leftImg8bit/{EXTRA_SPLIT}/<city>/"
-                            f"*{IMAGE_SUFFIX} matched nothing")
-        samples += [Sample(EXTRA_SPLIT, p.parent.name, p.name[: -len(IMAGE_SUFFIX)], p, None) for p in extra]
+                            f"*{layout.image_suffix} matched nothing")
+        samples += [Sample(EXTRA_SPLIT, p.parent.name, p.name[: -len(layout.image_suffix)], p, None)
+                    for p in extra]
+    for folder in layout.unlabelled:
+        if use_extra and folder == EXTRA_SPLIT:
+            continue
+        found = sorted((root / "leftImg8bit" / folder).glob(f"*/*{layout.image_suffix}"))
+        if not found:
+            raise DataError(f"data.unlabelled lists {folder!r} but {root}/leftImg8bit/{folder}/<dir>/"
+                            f"*{layout.image_suffix} matched nothing")
+        # Pretraining reads the `train_extra` rows of the manifest; the folder keeps its name on disk.
+        samples += [Sample(EXTRA_SPLIT, p.parent.name, p.name[: -len(layout.image_suffix)], p, None, folder)
+                    for p in found]
     return samples
 
 
@@ -94,7 +139,7 @@ class PreparedPaths:
 
 
 def prepared_paths(out_dir: Path, sample: Sample) -> PreparedPaths:
-    folder = out_dir / sample.split / sample.city
+    folder = out_dir / (sample.folder or sample.split) / sample.city
     mask = folder / f"{sample.stem}{MASK_SUFFIX}" if sample.label is not None else None
     return PreparedPaths(folder / f"{sample.stem}{IMAGE_SUFFIX}", mask)
 
@@ -107,8 +152,8 @@ def read_image(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: {err}") from None
 
 
-def read_label_ids(path: Path) -> np.ndarray:
-    """(H, W) uint8 labelIds; DataError for unreadable files or ids not in the Cityscapes table."""
+def read_train_ids(path: Path, classes: ClassTable) -> np.ndarray:
+    """(H, W) uint8 train ids of a label PNG; DataError for unreadable files or unlisted values."""
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I", "I;16"):
@@ -116,36 +161,30 @@ def read_label_ids(path: Path) -> np.ndarray:
             ids = np.asarray(img)
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise DataError(f"cannot read label {path}: {err}") from None
-    if ids.min() < 0 or ids.max() > 255:
-        bad = int(ids.max() if ids.max() > 255 else ids.min())
-        raise DataError(f"label {path} has value {bad}, which is not a Cityscapes label id")
-    ids = ids.astype(np.uint8)
-    unknown = ~KNOWN_LABEL_IDS[ids]
-    if unknown.any():
-        raise DataError(f"label {path} has value {int(ids[unknown][0])}, which is not a Cityscapes label id")
-    return ids
+    return classes.train_ids(ids, path)
 
 
-def prepare_sample(sample: Sample, out_dir: Path, size: tuple[int, int]) -> np.ndarray:
+def prepare_sample(sample: Sample, out_dir: Path, size: tuple[int, int], classes: ClassTable) -> np.ndarray:
     """Resize one image (bilinear, antialiased) and its trainId mask (nearest) to size=(H, W).
 
-    Writes under out_dir and returns the mask's class histogram (20,) int64: 19 classes + ignore.
+    Writes under out_dir and returns the mask's class histogram (K + 1,) int64: K classes + ignore.
     """
     height, width = size
+    k = classes.num_classes
     paths = prepared_paths(out_dir, sample)
     paths.image.parent.mkdir(parents=True, exist_ok=True)
     image = read_image(sample.image)
     # PIL's bilinear filter widens its support when shrinking, i.e. it averages like area filtering.
     image.resize((width, height), Image.BILINEAR).save(paths.image, compress_level=1)
-    counts = np.zeros(NUM_CLASSES + 1, dtype=np.int64)
+    counts = np.zeros(k + 1, dtype=np.int64)
     if sample.label is not None:
-        ids = read_label_ids(sample.label)
-        if ids.shape != (image.height, image.width):
-            raise DataError(f"label {sample.label} is {ids.shape[1]}x{ids.shape[0]} but its image is "
+        train = read_train_ids(sample.label, classes)
+        if train.shape != (image.height, image.width):
+            raise DataError(f"label {sample.label} is {train.shape[1]}x{train.shape[0]} but its image is "
                             f"{image.width}x{image.height}")
-        train_ids = Image.fromarray(LABEL_TO_TRAIN[ids]).resize((width, height), Image.NEAREST)
+        train_ids = Image.fromarray(train).resize((width, height), Image.NEAREST)
         train_ids.save(paths.mask, compress_level=1)
         hist = np.bincount(np.asarray(train_ids).ravel(), minlength=256)
-        counts[:NUM_CLASSES] = hist[:NUM_CLASSES]
-        counts[NUM_CLASSES] = hist[NUM_CLASSES:].sum()
+        counts[:k] = hist[:k]
+        counts[k] = hist[k:].sum()
     return counts

@@ -1,4 +1,5 @@
-"""The prepare stage: (synthetic or real) Cityscapes tree -> resized images, trainId masks, manifest."""
+"""The prepare stage: a synthetic, Cityscapes or folder tree -> resized images, trainId masks, the
+manifest and the class table (classes.csv) that every later stage reads."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from PIL import Image
 
 from pixpro.config import Params
 from pixpro.data import synthetic
-from pixpro.data.cityscapes import (NUM_CLASSES, Sample, discover, prepare_sample, prepared_paths)
+from pixpro.config import DataConfig
+from pixpro.data.cityscapes import Layout, Sample, discover, prepare_sample, prepared_paths
+from pixpro.data.classes import ClassTable, load_class_table, write_prepared_classes
 from pixpro.io import atomic_directory, atomic_write_json
-from pixpro.metrics import train_class_names
 from pixpro.progress import progress_bar
 
 MANIFEST_NAME = "manifest.csv"
@@ -31,7 +33,8 @@ R = TypeVar("R")
 @dataclass(frozen=True)
 class PrepareResult:
     manifest: pd.DataFrame
-    class_counts: dict[str, np.ndarray]  # split -> (20,) pixel counts: 19 classes + ignore
+    class_counts: dict[str, np.ndarray]  # split -> (K + 1,) pixel counts: K classes + ignore
+    classes: ClassTable
 
 
 def num_workers(requested: int) -> int:
@@ -61,11 +64,20 @@ def parallel_map(fn: Callable[[T], R], items: list[T], workers: int, description
                 pool.join()
 
 
+def layout(data: DataConfig) -> Layout:
+    """Where data.source's images and labels are; synthetic and cityscapes trees share one layout."""
+    if data.source == "folder":
+        return Layout(data.image_suffix, data.label_suffix, tuple(data.unlabelled), cityscapes=False)
+    return Layout(unlabelled=tuple(data.unlabelled))
+
+
 def run_prepare(params: Params, out_dir: Path, metrics_path: Path, plots_dir: Path) -> PrepareResult:
-    """Write out_dir atomically (manifest last), then the frequency metrics and example pictures."""
+    """Write out_dir atomically (classes.csv, manifest last), then the frequency metrics and
+    example pictures."""
     data = params.data
     workers = num_workers(data.workers)
     out_dir = Path(out_dir)
+    classes = load_class_table(data.classes)  # a broken table fails before anything is written
     with atomic_directory(out_dir) as tmp:
         if data.source == "synthetic":
             root = tmp / "raw"
@@ -76,19 +88,21 @@ def run_prepare(params: Params, out_dir: Path, metrics_path: Path, plots_dir: Pa
                 pass
         else:
             root = Path(data.root)
-        samples = discover(root, use_extra=data.use_extra or data.source == "synthetic" and data.synthetic.extra > 0)
-        prepare = functools.partial(prepare_sample, out_dir=tmp, size=tuple(data.size))
+        samples = discover(root, use_extra=data.use_extra or data.source == "synthetic" and data.synthetic.extra > 0,
+                           layout=layout(data))
+        prepare = functools.partial(prepare_sample, out_dir=tmp, size=tuple(data.size), classes=classes)
         counts = list(parallel_map(prepare, samples, workers, f"prepare {len(samples)} images"))
         if data.source == "synthetic":
             shutil.rmtree(root)  # reproducible from the seed; only the prepared copy is kept
         manifest = build_manifest(samples, out_dir)
+        write_prepared_classes(classes, tmp)
         manifest.to_csv(tmp / MANIFEST_NAME, index=False)
     class_counts = {}
     for split in manifest["split"].unique():
         rows = np.flatnonzero(manifest["split"].to_numpy() == split)
         class_counts[split] = np.sum([counts[i] for i in rows], axis=0)
-    write_frequency_outputs(class_counts, manifest, metrics_path, plots_dir)
-    return PrepareResult(manifest, class_counts)
+    write_frequency_outputs(class_counts, manifest, metrics_path, plots_dir, classes)
+    return PrepareResult(manifest, class_counts, classes)
 
 
 def build_manifest(samples: list[Sample], out_dir: Path) -> pd.DataFrame:
@@ -125,29 +139,31 @@ def load_manifest(prepared_dir: Path) -> pd.DataFrame:
 
 
 def write_frequency_outputs(class_counts: dict[str, np.ndarray], manifest: pd.DataFrame,
-                            metrics_path: Path, plots_dir: Path) -> None:
-    names = train_class_names()
+                            metrics_path: Path, plots_dir: Path, classes: ClassTable) -> None:
+    """class_counts: split -> (K + 1,) pixel counts, K = classes.num_classes, the last is ignore."""
+    names = list(classes.names)
+    k = classes.num_classes
     metrics = {}
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     for split, counts in class_counts.items():
-        labelled = counts[:NUM_CLASSES].sum()
+        labelled = counts[:k].sum()
         entry = {"images": int((manifest["split"] == split).sum())}
         if labelled > 0:
-            freq = counts[:NUM_CLASSES] / labelled
-            entry["ignored_fraction"] = float(counts[NUM_CLASSES] / counts.sum())
+            freq = counts[:k] / labelled
+            entry["ignored_fraction"] = float(counts[k] / counts.sum())
             entry["class_frequency"] = {n: round(float(f), 6) for n, f in zip(names, freq)}
             pd.DataFrame({"class": names, "fraction": freq}).to_csv(
                 plots_dir / f"class_frequency_{split}.csv", index=False)
         metrics[split] = entry
     atomic_write_json(metrics_path, metrics)
-    _plot_examples(manifest, plots_dir / "examples.png")
+    _plot_examples(manifest, plots_dir / "examples.png", classes)
 
 
-def _plot_examples(manifest: pd.DataFrame, path: Path, count: int = 4) -> None:
+def _plot_examples(manifest: pd.DataFrame, path: Path, classes: ClassTable, count: int = 4) -> None:
     from pixpro.viz import plot_examples
 
     labelled = manifest[manifest["mask"] != ""].head(count)
     images = [np.asarray(Image.open(p)) for p in labelled["image"]]
     masks = [np.asarray(Image.open(p)) for p in labelled["mask"]]
-    plot_examples(images, masks, path, title="prepared images and trainId masks")
+    plot_examples(images, masks, path, colors=classes.colors, title="prepared images and trainId masks")
