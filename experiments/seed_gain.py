@@ -64,19 +64,36 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=YAML",
                         help="a named params override, e.g. nocontrast='{pretrain: {loss: {contrast: 0}}}'")
     parser.add_argument("--base", type=Path, help="YAML merged over params.yaml before every setting")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dotted override applied after --base, e.g. data.root=/data/idd20k_lite")
     parser.add_argument("--out", type=Path, required=True, help="CSV to append rows to")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    parser.add_argument("--rev", help="copy this git revision (git archive) instead of the working tree")
     args = parser.parse_args()
     settings = [s.split("=", 1) for s in (args.setting or ["default={}"])]
-    for name, text in settings:
-        yaml.safe_load(text)  # fail now, not after an hour of runs
+    for name, text in settings:  # fail now, not after an hour of runs
+        if not isinstance(yaml.safe_load(text) or {}, dict):
+            parser.error(f"setting {name}: {text!r} is not a YAML mapping")
 
     tmp = Path(tempfile.mkdtemp(prefix="pixpro_seeds_"))
-    copy_tree(git_files(ROOT), ROOT, tmp)
+    if args.rev:
+        archive = subprocess.run(["git", "archive", args.rev], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    else:
+        copy_tree(git_files(ROOT), ROOT, tmp)
     base = yaml.safe_load((tmp / "params.yaml").read_text())
     if args.base:
         base = deep_merge(base, yaml.safe_load(args.base.read_text()) or {})
+    for item in args.set:
+        key, value = item.split("=", 1)
+        override: dict = {}
+        node = override
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+        base = deep_merge(base, override)
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-q", "-m", "snapshot"]):
         subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
@@ -100,6 +117,10 @@ def main() -> None:
                     args.keep = True
                     continue
                 row = row_for(tmp, name, seed, time.perf_counter() - start)
+                # Keep the training curves next to the CSV: experiments/plot_curves.py draws them.
+                curves = args.out.parent / f"{args.out.stem}_curves" / f"{name}_seed{seed}"
+                shutil.rmtree(curves, ignore_errors=True)
+                shutil.copytree(tmp / "dvclive/pretrain/plots/metrics/train", curves)
                 with open(args.out, "a", newline="") as handle:
                     writer = csv.DictWriter(handle, COLUMNS)
                     if new_file:

@@ -48,15 +48,37 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["synthetic", "cityscapes"] = "synthetic"
+    source: Literal["synthetic", "cityscapes", "folder"] = "synthetic"
     root: str = "data/cityscapes"
     size: tuple[int, int] = (128, 256)
     use_extra: bool = False
     workers: int = 0
+    # data.source=folder only; cityscapes and synthetic trees always use the Cityscapes suffixes.
+    image_suffix: str = "_leftImg8bit.png"
+    label_suffix: str = "_gtFine_labelIds.png"
+    classes: str = "cityscapes"  # a built-in table (cityscapes, idd_lite) or a CSV path
+    unlabelled: tuple[str, ...] = ()  # split folders used only for pretraining, e.g. [test]
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def validate(self, key: str) -> None:
         _require(min(self.size) >= 16, f"{key}.size", "must be [H, W] with both >= 16")
+        _require(bool(self.classes.strip()), f"{key}.classes", "must name a built-in table "
+                 "(cityscapes, idd_lite) or a CSV file value,train_id,name[,color]")
+        for name in ("image_suffix", "label_suffix"):
+            suffix = getattr(self, name)
+            _require(bool(suffix) and "/" not in suffix and "*" not in suffix, f"{key}.{name}",
+                     f"= {suffix!r} must be a non-empty file-name ending without '/' or '*'")
+        _require(self.source != "folder" or self.image_suffix != self.label_suffix, f"{key}.label_suffix",
+                 "must differ from data.image_suffix")
+        for i, folder in enumerate(self.unlabelled):
+            _require(bool(folder) and "/" not in folder and folder not in (".", ".."), f"{key}.unlabelled[{i}]",
+                     f"= {folder!r} must be the name of a folder under leftImg8bit/")
+            _require(folder not in ("train", "val"), f"{key}.unlabelled[{i}]",
+                     f"= {folder!r} is a labelled split; list only pretraining-only folders")
+        _require(len(set(self.unlabelled)) == len(self.unlabelled), f"{key}.unlabelled", "lists a folder twice")
+        # The synthetic tree has only train/val (and train_extra through data.synthetic.extra).
+        _require(not (self.unlabelled and self.source == "synthetic"), f"{key}.unlabelled",
+                 "must be [] for data.source synthetic (use data.synthetic.extra)")
         _require(self.workers >= 0, f"{key}.workers", "must be >= 0 (0 = all cores)")
         self.synthetic.validate(f"{key}.synthetic")
         # Otherwise discover() fails later naming a temporary folder the user never sees.
@@ -200,6 +222,7 @@ class PretrainConfig:
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    freeze_backbone: bool = False
     device: str = "auto"
     nproc: int = 1
     workers: int = 2

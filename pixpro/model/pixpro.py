@@ -51,6 +51,8 @@ class PixPro(nn.Module):
         super().__init__()
         dim, proj = cfg.backbone.dim, cfg.projector
         self.backbone = build_backbone(cfg.backbone)
+        if cfg.freeze_backbone:  # the "frozen random backbone" control: only the heads can learn
+            self.backbone.requires_grad_(False)
         self.projector = Projector(dim, proj.hidden, proj.out)
         self.transform = build_transform(proj.out, cfg.ppm.transform_layers)
         self.target_backbone = copy.deepcopy(self.backbone)
