@@ -182,7 +182,7 @@ def _inputs(torch, device, cfg, size: tuple[int, int], seed: int = 0):
 def _head(torch, model, cfg, device, features, target, pairs) -> None:
     """What PixPro.forward does after its two backbone calls, then backward."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
-        loss = model.loss_from_maps(features, target, pairs)
+        loss = model.loss_from_maps(features, target, pairs).total
     loss.backward()
 
 

@@ -175,7 +175,10 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
 
     def head():
         with autocast():
-            loss = model.pair_loss(model.propagate(feats, index, groups=2), target, pairs.valid)
+            online = model.propagate(feats, index, groups=2)
+            loss = cfg.loss.consistency * model.pair_loss(online, target, pairs.valid)
+            if cfg.loss.contrast > 0:
+                loss = loss + cfg.loss.contrast * model.contrast_loss(online, target, pairs)
         loss.backward()
         feats.grad = None
 

@@ -110,8 +110,17 @@ def main() -> None:
                 (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
                 start = time.perf_counter()
                 log = tmp / f"repro_{name}_{seed}.log"
+                stage_times = []  # (stage, seconds): from one "Running stage" line to the next
                 with open(log, "w") as handle:
-                    proc = subprocess.run(["dvc", "repro"], cwd=tmp, env=env, stdout=handle, stderr=subprocess.STDOUT)
+                    proc = subprocess.Popen(["dvc", "repro"], cwd=tmp, env=env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True)
+                    for line in proc.stdout:
+                        handle.write(line)
+                        if line.startswith("Running stage '"):
+                            stage_times.append([line.split("'")[1], time.perf_counter()])
+                    proc.wait()
+                ends = [began for _, began in stage_times[1:]] + [time.perf_counter()]
+                stage_times = [(stage, round(end - began, 1)) for (stage, began), end in zip(stage_times, ends)]
                 if proc.returncode:
                     print(f"{name} seed {seed}: dvc repro failed (rc {proc.returncode}); see {log}", flush=True)
                     args.keep = True
@@ -121,6 +130,14 @@ def main() -> None:
                 curves = args.out.parent / f"{args.out.stem}_curves" / f"{name}_seed{seed}"
                 shutil.rmtree(curves, ignore_errors=True)
                 shutil.copytree(tmp / "dvclive/pretrain/plots/metrics/train", curves)
+                for backbone in ("pretrained", "random"):  # example pictures and the run's report
+                    for picture in ("overlays.png", "per_class_iou.csv"):
+                        source = tmp / "plots/evaluate" / backbone / picture
+                        if source.is_file():
+                            shutil.copy(source, curves / f"{backbone}_{picture}")
+                shutil.copy(tmp / "reports/summary.md", curves / "summary.md")
+                (curves / "stage_seconds.csv").write_text(
+                    "stage,seconds\n" + "".join(f"{stage},{seconds}\n" for stage, seconds in stage_times))
                 with open(args.out, "a", newline="") as handle:
                     writer = csv.DictWriter(handle, COLUMNS)
                     if new_file:
