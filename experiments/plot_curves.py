@@ -40,6 +40,8 @@ def main() -> None:
             table = Path(folder) / f"{metric}.tsv"
             if table.is_file():
                 frame = pd.read_csv(table, sep="\t")
+                if (frame[metric] == 0).all():  # a loss term that was switched off
+                    continue
                 axis.plot(frame["step"], frame[metric], marker=".", label=label)
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("step", fontsize=8)
