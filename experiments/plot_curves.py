@@ -36,18 +36,18 @@ def main() -> None:
     runs = [run.split("=", 1) for run in args.runs]
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     for axis, (metric, title) in zip(axes.flat, PANELS):
-        for label, folder in runs:
+        for colour, (label, folder) in enumerate(runs):
             table = Path(folder) / f"{metric}.tsv"
             if table.is_file():
                 frame = pd.read_csv(table, sep="\t")
                 if (frame[metric] == 0).all():  # a loss term that was switched off
                     continue
-                axis.plot(frame["step"], frame[metric], marker=".", label=label)
+                axis.plot(frame["step"], frame[metric], marker=".", label=label, color=f"C{colour}")
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("step", fontsize=8)
         axis.grid(alpha=0.3)
     axes.flat[0].axhline(0.05, color="grey", linestyle="--", linewidth=0.8)
-    axes.flat[0].legend(fontsize=8)
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
