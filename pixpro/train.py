@@ -146,7 +146,8 @@ class StepLog:
         self.started = time.perf_counter()
 
     def add(self, step: int, terms: LossTerms, pair_count: torch.Tensor, overlap_ok: torch.Tensor) -> None:
-        self.pending.append((step, terms, pair_count, overlap_ok))
+        # Detached, as the old single loss was: kept tensors must not hold the step's autograd graph.
+        self.pending.append((step, terms._replace(total=terms.total.detach()), pair_count, overlap_ok))
         self.images += pair_count.numel()
 
     def flush(self, target_drift: Optional[float] = None) -> dict[str, float]:
@@ -154,7 +155,7 @@ class StepLog:
         Diagnostics are those of the last step that carried them (one per log interval)."""
         steps = [s for s, *_ in self.pending]
         # (steps, 4): total, consistency, contrast, coarse
-        losses = torch.stack([torch.stack([t.float() for t in terms[:4]]).detach() for _, terms, _, _ in self.pending])
+        losses = torch.stack([torch.stack([t.float() for t in terms[:4]]) for _, terms, _, _ in self.pending])
         if distributed_world_size() > 1:
             # Mean over ranks = the loss over all ranks' pairs (see pair_normaliser); every rank
             # then sees a NaN at the same step and stops together instead of waiting on a dead peer.
