@@ -223,6 +223,7 @@ class PretrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     freeze_backbone: bool = False
+    bn_per_view: bool = False
     device: str = "auto"
     nproc: int = 1
     workers: int = 2

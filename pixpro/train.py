@@ -283,12 +283,14 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
     target_drift = TargetDrift(model)  # before a resumed state is loaded: drift is from the seed's init
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if runtime.distributed and cuda:  # SyncBatchNorm is CUDA-only; CPU DDP (gloo, tests) keeps per-rank BN
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.compile:
-        model.backbone = torch.compile(model.backbone)
-        model.target_backbone = torch.compile(model.target_backbone)
+        # In place (nn.Module.compile), not torch.compile(module): the latter's wrapper prefixes every
+        # state_dict key with `_orig_mod.`, so its checkpoints and backbone.pt would not load uncompiled.
+        model.backbone.compile()
+        model.target_backbone.compile()
     if runtime.distributed:
-        if cuda:  # SyncBatchNorm is CUDA-only; CPU DDP (gloo, for tests) keeps per-rank BN statistics
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
     peak_lr = cfg.optim.base_lr * cfg.batch_size / 256

@@ -124,6 +124,32 @@ def identity_pairs(batch: int, pixels: int, num: int) -> PixelPairs:
     return PixelPairs(index, index, valid, valid.sum(1))
 
 
+@pytest.mark.parametrize("per_view", [True, False])
+def test_bn_per_view_keeps_each_views_statistics_apart(per_view):
+    # With bn_per_view, what either backbone or the target projector computes for view 1 must not
+    # depend on view 2's images (BatchNorm in train mode otherwise pools the two views' statistics).
+    torch.manual_seed(0)
+    model = PixPro(tiny_config(bn_per_view=per_view)).train()
+    captured = {}
+    for name in ("backbone", "target_backbone"):
+        getattr(model, name).register_forward_hook(
+            lambda module, inputs, out, name=name: captured.setdefault(name, []).append(out.detach()))
+    views1, pairs = torch.randn(2, 3, 8, 12), identity_pairs(2, 96, 20)
+    for views2 in (torch.randn(2, 3, 8, 12), 5 * torch.randn(2, 3, 8, 12) + 3):
+        model(views1, views2, pairs)
+    for name, outputs in captured.items():  # each forward's first call is the one that saw view 1
+        first, second = outputs[0], outputs[len(outputs) // 2]
+        same = torch.allclose(first[:2], second[:2], atol=1e-5)
+        assert same == per_view, name
+
+    target_maps = torch.randn(4, 8, 8, 12), torch.randn(4, 8, 8, 12)
+    target_maps[1][:2] = target_maps[0][:2]  # same view 1, different view 2
+    index = torch.cat([pairs.index1, pairs.index2])
+    with torch.no_grad():
+        first, second = (model.project_target(m, index) for m in target_maps)
+    assert torch.allclose(first[:2], second[:2], atol=1e-5) == per_view
+
+
 def test_target_gets_no_gradient_and_follows_the_momentum_rule():
     torch.manual_seed(0)
     model = PixPro(tiny_config())

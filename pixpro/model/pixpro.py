@@ -59,6 +59,7 @@ class PixPro(nn.Module):
         self.target_projector = copy.deepcopy(self.projector)
         for param in (*self.target_backbone.parameters(), *self.target_projector.parameters()):
             param.requires_grad_(False)
+        self.bn_per_view = cfg.bn_per_view
         self.window = cfg.ppm.window
         self.gamma = cfg.ppm.gamma
         self.loss_cfg = cfg.loss
@@ -72,10 +73,15 @@ class PixPro(nn.Module):
         instead of the batch's valid-pair count when given). `coarse_pairs` index the pooled map
         (h / coarse_stride, w / coarse_stride) and are needed when the coarse term is on.
         `diagnose` adds Diagnostics of the fine pairs."""
-        views = torch.cat([views1, views2])  # (2B, 3, h, w): one backbone call per network
-        online_map = self.backbone(views)
-        with torch.no_grad():
-            target_map = self.target_backbone(views)
+        if self.bn_per_view:  # one call per view and network: BatchNorm never mixes the views
+            online_map = torch.cat([self.backbone(views1), self.backbone(views2)])  # (2B, C, h, w)
+            with torch.no_grad():
+                target_map = torch.cat([self.target_backbone(views1), self.target_backbone(views2)])
+        else:
+            views = torch.cat([views1, views2])  # (2B, 3, h, w): one backbone call per network
+            online_map = self.backbone(views)
+            with torch.no_grad():
+                target_map = self.target_backbone(views)
         return self.loss_from_maps(online_map, target_map, pairs, normaliser, coarse_pairs, diagnose)
 
     def loss_from_maps(self, online_map: Tensor, target_map: Tensor, pairs: PixelPairs,
@@ -148,9 +154,12 @@ class PixPro(nn.Module):
         return Diagnostics(gap, feature_std, effective_rank)
 
     def project_target(self, target_map: Tensor, index: Tensor) -> Tensor:
-        """target_map (2B, C, h, w), index (2B, P) -> target projections (2B, P, D), float32."""
+        """target_map (2B, C, h, w), index (2B, P) -> target projections (2B, P, D), float32.
+        BatchNorm statistics are per view with bn_per_view, else joint over both views."""
         pixels = gather_pixels(target_map, index)  # (2B, P, C)
-        return self.target_projector(pixels.flatten(0, 1)).view(*pixels.shape[:2], -1).float()
+        rows = pixels.flatten(0, 1)  # (2BP, C), view 1's pixels first
+        sizes = [len(rows) // 2] * 2 if self.bn_per_view else [len(rows)]
+        return self._grouped(self.target_projector, rows, sizes).view(*pixels.shape[:2], -1).float()
 
     @staticmethod
     def pair_loss(online: Tensor, target: Tensor, valid: Tensor, normaliser: Optional[Tensor] = None) -> Tensor:
