@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, set_dotted, tiny_params
 from pixpro.config import Params, load_params, params_from_dict, to_dict
@@ -34,6 +35,23 @@ def test_repo_params_yaml_loads():
     assert params.data.source in ("synthetic", "cityscapes")
     # lists come back as tuples of the declared element type
     assert isinstance(params.data.size, tuple) and all(isinstance(v, int) for v in params.data.size)
+
+
+def test_params_yaml_spells_out_every_default_of_the_code():
+    # Every default is written twice, in the dataclasses and in params.yaml: they must agree, and
+    # params.yaml must list every key, so `dvc exp show` and `-S` see the whole configuration.
+    def flatten(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flatten(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", list(value) if isinstance(value, (list, tuple)) else value
+
+    in_yaml = dict(flatten(yaml.safe_load((REPO / "params.yaml").read_text())))
+    in_code = dict(flatten(to_dict(Params())))
+    assert sorted(set(in_code) - set(in_yaml)) == [], "keys missing from params.yaml"
+    differing = {key: (in_code[key], in_yaml[key]) for key in in_code if in_code[key] != in_yaml[key]}
+    assert differing == {}, "defaults (code, params.yaml) disagree"
 
 
 def test_defaults_validate_and_round_trip():
