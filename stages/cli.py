@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from stages import evaluate, extract, prepare, pretrain, probe, report, retrieval, show_pairs
+from stages import compare, evaluate, extract, prepare, pretrain, probe, report, retrieval, show_pairs
 
 app = typer.Typer(
     help="PixPro dense self-supervised pretraining for semantic segmentation. "
     "Each subcommand is one DVC stage; `dvc repro` runs them in order "
-    "(prepare -> pretrain -> extract -> probe -> evaluate, retrieval -> report).",
+    "(prepare -> pretrain -> extract -> probe -> evaluate, retrieval -> report); "
+    "`compare` is not a stage: it compares DVC experiments over seeds.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -23,6 +24,7 @@ app.command("evaluate")(evaluate.main)
 app.command("retrieval")(retrieval.main)
 app.command("report")(report.main)
 app.command("show-pairs")(show_pairs.main)
+app.command("compare")(compare.main)
 
 
 def main() -> None:
