@@ -11,7 +11,8 @@ diagnostics and the wall time.
         --setting baseline='{pretrain: {loss: {contrast: 0.0}}}' --setting default='{}'
 
 `--base FILE` (YAML) is merged over params.yaml first, e.g. a data set's `data:` section; a
-setting's YAML is merged over that. `--threads` pins OMP/MKL threads: results depend on it.
+setting's YAML is merged over that. `--threads` sets the `threads` param (and OMP/MKL threads):
+results depend on it.
 """
 
 from __future__ import annotations
@@ -106,7 +107,10 @@ def main() -> None:
     try:
         for seed in args.seeds:
             for name, text in settings:
-                params = deep_merge(deep_merge(base, yaml.safe_load(text) or {}), {"seed": seed})
+                pinned = {"seed": seed}
+                if "threads" in base:  # the param pins the stages' threads; older revisions read the env only
+                    pinned["threads"] = args.threads
+                params = deep_merge(deep_merge(base, yaml.safe_load(text) or {}), pinned)
                 (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
                 start = time.perf_counter()
                 log = tmp / f"repro_{name}_{seed}.log"

@@ -314,6 +314,7 @@ class RetrievalConfig:
 @dataclass(frozen=True)
 class Params:
     seed: int = 0
+    threads: int = 2
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -323,6 +324,7 @@ class Params:
 
     def validate(self, key: str = "") -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")
+        _require(self.threads >= 1, "threads", "must be >= 1")
         for section in ("data", "pretrain", "extract", "probe", "evaluate", "retrieval"):
             getattr(self, section).validate(section)
 

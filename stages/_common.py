@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
@@ -47,7 +48,20 @@ def user_errors(stage: str) -> Callable[[F], F]:
 
 
 def load(params_path: Path) -> Params:
-    return load_params(params_path)
+    """The validated params; also pins this process's CPU threads to `threads` (see pin_threads)."""
+    params = load_params(params_path)
+    pin_threads(params.threads)
+    return params
+
+
+def pin_threads(count: int) -> None:
+    """CPU reductions are split by thread count, so the count is part of what a run computes: the
+    same params must give the same numbers on a 2-core laptop and a 64-core server. The variables
+    reach torch if it is imported later (and child processes); set_num_threads if it already is."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(count)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)
 
 
 def frozen_backbone(kind: str, cfg: Params, checkpoint: Path) -> tuple[nn.Module, torch.device]:

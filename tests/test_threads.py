@@ -1,0 +1,67 @@
+"""`threads` pins the CPU thread count, so the same params give the same numbers on any machine
+with at least that many cores, whatever OMP_NUM_THREADS says."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pixpro.data.prepare import run_prepare
+from pixpro.config import params_from_dict
+from tests.conftest import VENV_BIN, tiny_params
+from tests.test_train import TINY_PRETRAIN
+
+# Steps that move the weights (no warm-up at lr 0) and convs wide enough that the thread count
+# changes their float sums (checked below): otherwise both counts compute the same thing and the
+# test could not fail.
+PARAMS = tiny_params({**TINY_PRETRAIN, "pretrain.backbone.widths": [16, 32], "pretrain.backbone.dim": 16,
+                      "pretrain.optim.warmup_epochs": 0.0})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("threads")
+    run_prepare(params_from_dict(PARAMS), root / "data", root / "metrics.json", root / "plots")
+    return root / "data"
+
+
+def pretrain_then_extract(prepared: Path, folder: Path, threads: int, omp: int) -> dict[str, torch.Tensor]:
+    """Runs the pretrain and extract commands as DVC does, with OMP/MKL_NUM_THREADS = omp;
+    returns the backbone's weights and the feature bank."""
+    folder.mkdir()
+    params = folder / "params.yaml"
+    params.write_text(yaml.safe_dump({**PARAMS, "threads": threads}, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": str(omp), "MKL_NUM_THREADS": str(omp)}
+    pixpro = str(VENV_BIN / "pixpro")
+    for command in (
+        [pixpro, "pretrain", "--params", str(params), "--data", str(prepared), "--out", str(folder / "backbone.pt"),
+         "--checkpoints", str(folder / "ckpt"), "--live", str(folder / "live")],
+        [pixpro, "extract", "--backbone", "pretrained", "--params", str(params), "--data", str(prepared),
+         "--checkpoint", str(folder / "backbone.pt"), "--out", str(folder / "bank.pt")],
+    ):
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    weights = torch.load(folder / "backbone.pt", weights_only=False)["backbone"]
+    bank = torch.load(folder / "bank.pt", weights_only=False)
+    tensors = {f"backbone.{k}": v for k, v in weights.items()}
+    tensors.update({f"bank.{k}": v for k, v in bank.items() if isinstance(v, torch.Tensor)})
+    return tensors
+
+
+def differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    assert a.keys() == b.keys()
+    return [name for name in a if not torch.equal(a[name], b[name])]
+
+
+def test_the_param_not_the_environment_sets_the_numbers(prepared, tmp_path):
+    one_core_env = pretrain_then_extract(prepared, tmp_path / "omp1", threads=2, omp=1)
+    two_core_env = pretrain_then_extract(prepared, tmp_path / "omp2", threads=2, omp=2)
+    assert differing(one_core_env, two_core_env) == []
+    # The control: the count does change the numbers, so the equality above is the param's doing.
+    one_thread = pretrain_then_extract(prepared, tmp_path / "threads1", threads=1, omp=2)
+    assert differing(one_thread, two_core_env) != []
