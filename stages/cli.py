@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from stages import compare, evaluate, extract, prepare, pretrain, probe, report, retrieval, show_pairs
+from stages import compare, evaluate, export, extract, prepare, pretrain, probe, report, retrieval, show_pairs
 
 app = typer.Typer(
     help="PixPro dense self-supervised pretraining for semantic segmentation. "
     "Each subcommand is one DVC stage; `dvc repro` runs them in order "
     "(prepare -> pretrain -> extract -> probe -> evaluate, retrieval -> report); "
-    "`compare` is not a stage: it compares DVC experiments over seeds.",
+    "`compare` (experiments over seeds) and `export` (the backbone for other code) are not stages.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -25,6 +25,7 @@ app.command("retrieval")(retrieval.main)
 app.command("report")(report.main)
 app.command("show-pairs")(show_pairs.main)
 app.command("compare")(compare.main)
+app.command("export")(export.main)
 
 
 def main() -> None:
