@@ -37,7 +37,7 @@ class SyntheticConfig:
         _require(self.extra >= 0, f"{key}.extra", "must be >= 0")
         _require(self.cities >= 1, f"{key}.cities", "must be >= 1")
         # Cities are disjoint between splits and drawn from the generator's fixed list of names.
-        from pixpro.data.synthetic import CITY_NAMES
+        from pixpro.data.cities import CITY_NAMES
 
         splits = 3 if self.extra > 0 else 2
         _require(self.cities * splits <= len(CITY_NAMES), f"{key}.cities",
@@ -309,6 +309,10 @@ class RetrievalConfig:
         _require(self.knn_stride >= 1, f"{key}.knn_stride", "must be >= 1 (1 = every pixel)")
         _require(self.chunk_size >= 1, f"{key}.chunk_size", "must be >= 1")
         _require(self.examples >= 0, f"{key}.examples", "must be >= 0")
+
+
+# The two backbones every evaluation stage runs for (dvc.yaml's foreach).
+BACKBONES: tuple[str, ...] = ("pretrained", "random")
 
 
 @dataclass(frozen=True)

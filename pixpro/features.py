@@ -20,15 +20,19 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pixpro.checkpoint import first_difference, load_checkpoint, lookup
-from pixpro.config import ExtractConfig, Params, backbone_from_dict, to_dict
+from pixpro.config import BACKBONES, ExtractConfig, Params, backbone_from_dict, to_dict
 from pixpro.data.classes import IGNORE
-from pixpro.data.prepare import load_manifest
+from pixpro.data.manifest import load_manifest
 from pixpro.data.views import load_image_tensor, normalize
 from pixpro.errors import CheckpointError, DataError
 from pixpro.model.backbone import build_backbone
 from pixpro.progress import progress_bar
 
-BACKBONES: tuple[str, ...] = ("pretrained", "random")
+
+def frozen_backbone_on_device(kind: str, params: Params, checkpoint: Path) -> tuple[nn.Module, torch.device]:
+    """load_frozen_backbone on CUDA when present, else the CPU; and that device."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return load_frozen_backbone(kind, params, checkpoint).to(device), device
 
 
 def load_frozen_backbone(kind: str, params: Params, checkpoint: Path) -> nn.Module:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from pixpro.errors import DataError
-from pixpro.features import BACKBONES
+from pixpro.config import BACKBONES
 
 
 def read_metrics(folder: Path) -> dict[str, dict]:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from pixpro.checkpoint import first_difference, git_revision, load_checkpoint, lookup, save_checkpoint
 from pixpro.config import Params, PretrainConfig, to_dict
-from pixpro.data.prepare import load_manifest
+from pixpro.data.manifest import load_manifest
 from pixpro.data.views import TwoViewDataset, ViewPair, collate_view_pairs
 from pixpro.errors import ConfigError, DataError, DistributedFailure, Interrupted, TrainingDiverged
 from pixpro.geometry import sample_positive_pairs

@@ -6,7 +6,7 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,10 +14,6 @@ from rich.markup import escape
 
 from pixpro.config import Params, load_params
 from pixpro.errors import PixproError
-
-if TYPE_CHECKING:  # imported where used: `pixpro --help` should not load torch
-    import torch
-    from torch import nn
 
 F = TypeVar("F", bound=Callable)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
@@ -62,13 +58,3 @@ def pin_threads(count: int) -> None:
         os.environ[name] = str(count)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(count)
-
-
-def frozen_backbone(kind: str, cfg: Params, checkpoint: Path) -> tuple[nn.Module, torch.device]:
-    """The stage's frozen `kind` backbone, on CUDA when present, else the CPU; and that device."""
-    import torch
-
-    from pixpro.features import load_frozen_backbone
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return load_frozen_backbone(kind, cfg, checkpoint).to(device), device

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console,
-                            frozen_backbone, load, user_errors)
+from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console, load,
+                            user_errors)
 
 
 @user_errors("evaluate")
@@ -28,14 +28,14 @@ def main(
     from pixpro.checkpoint import load_checkpoint
     from pixpro.data.classes import load_prepared_classes
     from pixpro.evaluate import evaluate_segmentation
-    from pixpro.features import split_rows
+    from pixpro.features import frozen_backbone_on_device, split_rows
     from pixpro.io import atomic_write_json, atomic_write_text
     from pixpro.probe import probe_from_state
     from pixpro.viz import plot_confusion, plot_overlays
 
     cfg = load(params)
     classes = load_prepared_classes(data)
-    model, device = frozen_backbone(backbone, cfg, checkpoint)
+    model, device = frozen_backbone_on_device(backbone, cfg, checkpoint)
     linear = probe_from_state(load_checkpoint(probe, "probe"), cfg.pretrain.backbone.dim, str(probe))
     rows = split_rows(data, "val")
     result = evaluate_segmentation(model, linear, rows, cfg.evaluate.batch_size, device, predictions,

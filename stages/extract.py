@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console,
-                            frozen_backbone, load, user_errors)
+from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console, load,
+                            user_errors)
 
 
 @user_errors("extract")
@@ -22,11 +22,11 @@ def main(
     their L2-normalised features (float16) with labels."""
     from pixpro.checkpoint import save_checkpoint
     from pixpro.data.classes import load_prepared_classes
-    from pixpro.features import extract_bank, split_rows
+    from pixpro.features import extract_bank, frozen_backbone_on_device, split_rows
 
     cfg = load(params)
     classes = load_prepared_classes(data)
-    model, device = frozen_backbone(backbone, cfg, checkpoint)
+    model, device = frozen_backbone_on_device(backbone, cfg, checkpoint)
     bank = extract_bank(model, split_rows(data, "train"), cfg.extract, cfg.seed, device, classes.num_classes)
     save_checkpoint(out, bank.to_dict())
     err_console.print(f"{backbone}: {len(bank.labels)} pixels x {bank.features.shape[1]} dims -> {out}")

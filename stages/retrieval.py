@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console,
-                            frozen_backbone, load, user_errors)
+from stages._common import (BACKBONE_OPTION, CHECKPOINT_OPTION, DATA_OPTION, PARAMS_OPTION, err_console, load,
+                            user_errors)
 
 
 @user_errors("retrieval")
@@ -26,14 +26,14 @@ def main(
     from PIL import Image
 
     from pixpro.data.classes import load_prepared_classes
-    from pixpro.features import load_bank, split_rows
+    from pixpro.features import frozen_backbone_on_device, load_bank, split_rows
     from pixpro.io import atomic_write_json
     from pixpro.retrieval import run_retrieval
     from pixpro.viz import plot_retrieval
 
     cfg = load(params)
     classes = load_prepared_classes(data)
-    model, device = frozen_backbone(backbone, cfg, checkpoint)
+    model, device = frozen_backbone_on_device(backbone, cfg, checkpoint)
     result = run_retrieval(model, load_bank(bank, cfg.pretrain.backbone.dim), split_rows(data, "val"),
                            split_rows(data, "train"),
                            cfg.retrieval, cfg.seed, device, cfg.evaluate.batch_size, classes)

@@ -15,16 +15,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pixpro.config import Params
+from pixpro.config import DataConfig, Params
 from pixpro.data import synthetic
-from pixpro.config import DataConfig
 from pixpro.data.cityscapes import Layout, Sample, discover, prepare_sample, prepared_paths
 from pixpro.data.classes import ClassTable, load_class_table, write_prepared_classes
+from pixpro.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, load_manifest  # noqa: F401 (re-exported)
 from pixpro.io import atomic_directory, atomic_write_json
 from pixpro.progress import progress_bar
 
-MANIFEST_NAME = "manifest.csv"
-MANIFEST_COLUMNS = ["split", "city", "stem", "image", "mask"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -122,20 +120,6 @@ def build_manifest(samples: list[Sample], out_dir: Path) -> pd.DataFrame:
 
 def _relative(path: Path) -> str:
     return os.path.relpath(path, Path.cwd()) if path.is_absolute() else str(path)
-
-
-def load_manifest(prepared_dir: Path) -> pd.DataFrame:
-    """Read the manifest that `pixpro prepare` wrote; empty masks become ''."""
-    from pixpro.errors import DataError
-
-    path = Path(prepared_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise DataError(f"{path} not found: run `dvc repro prepare` (or `pixpro prepare`) first")
-    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise DataError(f"{path} lacks columns {missing}: rerun `pixpro prepare`")
-    return manifest
 
 
 def write_frequency_outputs(class_counts: dict[str, np.ndarray], manifest: pd.DataFrame,

@@ -23,17 +23,12 @@ import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 from PIL import Image
 
+from pixpro.data.cities import CITY_NAMES
+
 SPLITS = ("train", "val")
 EXTRA_SPLIT = "train_extra"  # unlabelled: images only, like Cityscapes' coarse extra set
 _SPLIT_INDEX = {"train": 0, "val": 1, EXTRA_SPLIT: 2}
 
-# Fictional, lowercase, no underscores (the file stem is split on "_").
-CITY_NAMES = (
-    "aldermoor", "brisvale", "carrowick", "dunmere", "elsfield", "farrowgate", "glenhaven",
-    "harrowby", "ivystone", "jesmondale", "kestrel", "lindenfurt", "marrowby", "northam",
-    "oakhollow", "pennwick", "quarrington", "ravensholm", "saltmarsh", "thornbury",
-    "umberfield", "valebridge", "westmoor", "yarrowfield",
-)
 _FRAME = 19  # Cityscapes' annotated frame number in every sequence
 
 # Label ids come from cityscapesscripts; nothing below hard-codes a number.
