@@ -69,9 +69,15 @@ def test_cli_help_does_not_import_torch():
 
 
 def test_a_failed_restart_runs_on_untuned(monkeypatch):
-    def cannot_exec(*args):
+    attempts = []
+
+    def cannot_exec(path, argv, env):
+        attempts.append((path, list(argv), env))
         raise OSError("no such interpreter")
 
     monkeypatch.setattr(allocator.os, "execve", cannot_exec)
     monkeypatch.setattr(allocator, "tuned_environment", lambda environ: {"GLIBC_TUNABLES": "x"})
-    allocator.restart_with_tuned_malloc()  # returns instead of raising
+    before = dict(os.environ)
+    assert allocator.restart_with_tuned_malloc() is None  # returns instead of raising
+    assert attempts == [(sys.executable, list(sys.orig_argv), {"GLIBC_TUNABLES": "x"})]  # it did try
+    assert dict(os.environ) == before  # and runs on in the environment it had
