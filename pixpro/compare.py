@@ -26,9 +26,9 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import pandas as pd
 import yaml
 
+from pixpro.config import BACKBONES
 from pixpro.errors import ConfigError, DataError
 
-BACKBONES = ("pretrained", "random")
 SEED = "seed"
 NAME = "name"
 PARAMS_FILE = "params.yaml"

@@ -73,15 +73,11 @@ class PixPro(nn.Module):
         instead of the batch's valid-pair count when given). `coarse_pairs` index the pooled map
         (h / coarse_stride, w / coarse_stride) and are needed when the coarse term is on.
         `diagnose` adds Diagnostics of the fine pairs."""
-        if self.bn_per_view:  # one call per view and network: BatchNorm never mixes the views
-            online_map = torch.cat([self.backbone(views1), self.backbone(views2)])  # (2B, C, h, w)
-            with torch.no_grad():
-                target_map = torch.cat([self.target_backbone(views1), self.target_backbone(views2)])
-        else:
-            views = torch.cat([views1, views2])  # (2B, 3, h, w): one backbone call per network
-            online_map = self.backbone(views)
-            with torch.no_grad():
-                target_map = self.target_backbone(views)
+        views = torch.cat([views1, views2])  # (2B, 3, h, w)
+        sizes = self.bn_groups(len(views))  # one backbone call per network, or per view and network
+        online_map = self._grouped(self.backbone, views, sizes)  # (2B, C, h, w)
+        with torch.no_grad():
+            target_map = self._grouped(self.target_backbone, views, sizes)
         return self.loss_from_maps(online_map, target_map, pairs, normaliser, coarse_pairs, diagnose)
 
     def loss_from_maps(self, online_map: Tensor, target_map: Tensor, pairs: PixelPairs,
@@ -158,8 +154,7 @@ class PixPro(nn.Module):
         BatchNorm statistics are per view with bn_per_view, else joint over both views."""
         pixels = gather_pixels(target_map, index)  # (2B, P, C)
         rows = pixels.flatten(0, 1)  # (2BP, C), view 1's pixels first
-        sizes = [len(rows) // 2] * 2 if self.bn_per_view else [len(rows)]
-        return self._grouped(self.target_projector, rows, sizes).view(*pixels.shape[:2], -1).float()
+        return self._grouped(self.target_projector, rows, self.bn_groups(len(rows))).view(*pixels.shape[:2], -1).float()
 
     @staticmethod
     def pair_loss(online: Tensor, target: Tensor, valid: Tensor, normaliser: Optional[Tensor] = None) -> Tensor:
@@ -207,6 +202,11 @@ class PixPro(nn.Module):
         out = local_propagation(centre.flatten(0, 1), unit[inverse].flatten(0, 1), values[inverse].flatten(0, 1),
                                 inside.flatten(0, 1), self.gamma)  # (B*P, D or D + 1)
         return self._transform_sum(out).view(batch, index.shape[1], -1)
+
+    def bn_groups(self, rows: int) -> list[int]:
+        """Row counts of the BatchNorm groups for `rows` rows holding view 1 then view 2: both
+        views together, or each alone with bn_per_view."""
+        return [rows // 2] * 2 if self.bn_per_view else [rows]
 
     @staticmethod
     def _grouped(module: nn.Module, rows: Tensor, sizes: list[int]) -> Tensor:
