@@ -321,3 +321,9 @@ def test_file_errors_name_the_dotted_key(tmp_path):
     path.write_text("seed: 0\ndata:\n  sizee: [32, 64]\n")
     with pytest.raises(ConfigError, match=r"unknown key data\.sizee"):
         load_params(path)
+
+
+@pytest.mark.parametrize("threads", [0, -2])
+def test_threads_must_be_positive(threads):
+    with pytest.raises(ConfigError, match=r"^threads must be >= 1"):
+        params_from_dict(tiny_params({"threads": threads}))

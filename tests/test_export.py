@@ -95,3 +95,19 @@ def test_load_backbone_of_weights_from_another_architecture(tmp_path):
 def test_load_backbone_of_a_folder_that_is_no_export(tmp_path):
     with pytest.raises(CheckpointError, match="is not a pixpro export"):
         pixpro.load_backbone(tmp_path)
+
+
+def test_export_of_smp_weights_that_do_not_fit_their_config(tmp_path):
+    state = torch.load(trained_checkpoint(tmp_path, SMP), weights_only=False)
+    unet_weights = torch.load(trained_checkpoint(tmp_path, UNET, "unet.pt"), weights_only=False)["backbone"]
+    mislabelled = save_checkpoint(tmp_path / "mislabelled.pt", {**state, "backbone": unet_weights})
+    with pytest.raises(CheckpointError, match="do not fit an smp Unet with its own config"):
+        export_backbone_dir(mislabelled, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_backbone_of_a_config_pixpro_cannot_build(tmp_path):
+    state = torch.load(trained_checkpoint(tmp_path, UNET), weights_only=False)
+    broken = save_checkpoint(tmp_path / "broken.pt", {**state, "backbone_config": {"arch": "vit"}})
+    with pytest.raises(CheckpointError, match="its backbone config is not one pixpro builds"):
+        pixpro.load_backbone(broken)
