@@ -226,6 +226,8 @@ class PretrainConfig:
     bn_per_view: bool = False
     device: str = "auto"
     nproc: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str = "localhost:29400"
     workers: int = 2
     amp: bool = True
     channels_last: bool = True
@@ -240,6 +242,11 @@ class PretrainConfig:
         _require(self.batch_size >= 2, f"{key}.batch_size", "must be >= 2 (BatchNorm needs a batch)")
         _require(0 <= self.momentum <= 1, f"{key}.momentum", "must be in [0, 1]")
         _require(self.nproc >= 1, f"{key}.nproc", "must be >= 1")
+        _require(self.nnodes >= 1, f"{key}.nnodes", "must be >= 1")
+        # Only read for several nodes: one node rendezvouses privately on a free port.
+        _require(self.nnodes == 1 or _is_host_port(self.rdzv_endpoint), f"{key}.rdzv_endpoint",
+                 f"= {self.rdzv_endpoint!r} must be host:port, e.g. node0:29400 (a port in 1-65535 that "
+                 f"every node can reach), for {key}.nnodes = {self.nnodes}")
         _require(self.workers >= 0, f"{key}.workers", "must be >= 0")
         _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
         _require(self.log_every >= 1, f"{key}.log_every", "must be >= 1")
@@ -258,6 +265,13 @@ class PretrainConfig:
         _require(self.loss.coarse == 0 or all(s % stride == 0 and s // stride >= 2 for s in self.views.size),
                  f"{key}.loss.coarse_stride", f"= {stride} must divide the view size {list(self.views.size)} "
                  f"and leave at least 2 bins per side")
+
+
+def _is_host_port(endpoint: str) -> bool:
+    """'node0:29400', '10.0.0.1:29400' or '[::1]:29400': what torchrun's --rdzv-endpoint takes."""
+    host, _, port = endpoint.rpartition(":")
+    return (bool(host.strip("[]")) and not any(c.isspace() or c == "/" for c in host)
+            and port.isdigit() and 1 <= int(port) <= 65535)
 
 
 @dataclass(frozen=True)
@@ -311,6 +325,48 @@ class RetrievalConfig:
         _require(self.examples >= 0, f"{key}.examples", "must be >= 0")
 
 
+@dataclass(frozen=True)
+class FinetuneConfig:
+    label_fractions: tuple[float, ...] = (0.05, 0.2, 1.0)
+    steps: int = 40  # per fraction: every fraction gets the same compute
+    batch_size: int = 8
+    crop_size: tuple[int, int] = (64, 128)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip: float = 0.5
+    lr_head: float = 3e-3
+    lr_backbone: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 5
+    workers: int = 0
+    amp: bool = True
+
+    def validate(self, key: str) -> None:
+        _require(len(self.label_fractions) >= 1, f"{key}.label_fractions", "must list at least one fraction")
+        for i, fraction in enumerate(self.label_fractions):
+            _require(0 < fraction <= 1, f"{key}.label_fractions[{i}]",
+                     f"= {fraction} must be in (0, 1]: the share of labelled train images used")
+        percents = [fraction_percent(f) for f in self.label_fractions]
+        _require(len(set(percents)) == len(percents), f"{key}.label_fractions",
+                 f"= {list(self.label_fractions)} gives the same metric key miou_<p>pct twice "
+                 f"(p = round(100 x fraction): {percents})")
+        _require(self.steps >= 1, f"{key}.steps", "must be >= 1")
+        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        _require(min(self.crop_size) >= 16, f"{key}.crop_size", "must be [h, w] with both >= 16")
+        _require(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"{key}.crop_scale",
+                 f"= {list(self.crop_scale)} must be [min, max] crop area shares with 0 < min <= max <= 1")
+        _require(0 <= self.flip <= 1, f"{key}.flip", "must be a probability in [0, 1]")
+        _require(self.lr_head > 0 and self.lr_backbone >= 0, f"{key}.lr_head/lr_backbone",
+                 "must be > 0 (head) and >= 0 (backbone; 0 freezes it)")
+        _require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        _require(0 <= self.warmup_steps < self.steps, f"{key}.warmup_steps", "must be in [0, steps)")
+        _require(self.workers >= 0, f"{key}.workers", "must be >= 0")
+
+
+def fraction_percent(fraction: float) -> int:
+    """The p of a label fraction's metric key miou_<p>pct: round(100 x fraction)."""
+    return round(100 * fraction)
+
+
 # The two backbones every evaluation stage runs for (dvc.yaml's foreach).
 BACKBONES: tuple[str, ...] = ("pretrained", "random")
 
@@ -325,12 +381,16 @@ class Params:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self, key: str = "") -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")
         _require(self.threads >= 1, "threads", "must be >= 1")
-        for section in ("data", "pretrain", "extract", "probe", "evaluate", "retrieval"):
+        for section in ("data", "pretrain", "extract", "probe", "evaluate", "retrieval", "finetune"):
             getattr(self, section).validate(section)
+        step = self.pretrain.backbone.downsampling
+        _require(all(s % step == 0 for s in self.finetune.crop_size), "finetune.crop_size",
+                 f"= {list(self.finetune.crop_size)} must be divisible by {step} for {self.pretrain.backbone.arch}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,10 +49,30 @@ def per_class_table(segmentation: dict[str, dict], retrieval: dict[str, dict]) -
     return table[["pretrained", "random", "gain", "pretrained kNN", "random kNN"]]
 
 
-def summary_markdown(segmentation_dir: Path, retrieval_dir: Path) -> str:
+def finetune_table(finetune: dict[str, dict]) -> pd.DataFrame:
+    """Fine-tuned mIoU per labelled fraction (rows, in the metrics' order) for both backbones."""
+    keys = [k for k in finetune[BACKBONES[0]] if k.startswith("miou_") and k.endswith("pct")]
+    rows = {}
+    for key in keys:
+        percent = key[len("miou_"):-len("pct")]
+        images = finetune[BACKBONES[0]].get(f"labelled_images_{percent}pct")
+        label = f"{percent}% of the labels" + (f" ({images} images)" if images is not None else "")
+        rows[label] = {b: finetune[b].get(key, float("nan")) for b in BACKBONES}
+    return with_gain(pd.DataFrame.from_dict(rows, orient="index", columns=list(BACKBONES)))
+
+
+def summary_markdown(segmentation_dir: Path, retrieval_dir: Path, finetune_dir: Path | None = None) -> str:
     segmentation, retrieval = read_metrics(segmentation_dir), read_metrics(retrieval_dir)
     overall = overall_table(segmentation, retrieval)
     per_class = per_class_table(segmentation, retrieval)
+    finetune = []
+    if finetune_dir is not None:
+        finetune = [
+            "## Label efficiency (fine-tuned end to end, val mIoU)",
+            "",
+            finetune_table(read_metrics(finetune_dir)).to_markdown(floatfmt=".4f"),
+            "",
+        ]
     return "\n".join([
         "# Pretrained vs random initialisation",
         "",
@@ -66,4 +86,5 @@ def summary_markdown(segmentation_dir: Path, retrieval_dir: Path) -> str:
         "",
         per_class.to_markdown(floatfmt=".4f"),
         "",
+        *finetune,
     ])

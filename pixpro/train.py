@@ -22,7 +22,7 @@ from pixpro.checkpoint import first_difference, git_revision, load_checkpoint, l
 from pixpro.config import Params, PretrainConfig, to_dict
 from pixpro.data.manifest import load_manifest
 from pixpro.data.views import TwoViewDataset, ViewPair, collate_view_pairs
-from pixpro.errors import ConfigError, DataError, DistributedFailure, Interrupted, TrainingDiverged
+from pixpro.errors import CheckpointError, ConfigError, DataError, DistributedFailure, Interrupted, TrainingDiverged
 from pixpro.geometry import sample_positive_pairs
 from pixpro.model.pixpro import LossTerms, PixPro
 from pixpro.optim import build_optimizer
@@ -30,7 +30,8 @@ from pixpro.schedules import momentum_schedule, warmup_cosine
 
 # Keys that change how a run executes but not what it computes: a checkpoint written under
 # other values may be resumed.
-EXECUTION_KEYS = ("device", "nproc", "workers", "checkpoint_every", "log_every", "ddp_timeout_s", "compile")
+EXECUTION_KEYS = ("device", "nproc", "nnodes", "rdzv_endpoint", "workers", "checkpoint_every", "log_every",
+                  "ddp_timeout_s", "compile")
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,23 +55,32 @@ class Runtime:
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto and cuda mean this node's GPU number LOCAL_RANK (global ranks span nodes)."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"pretrain.device = {name} but CUDA is not available; use auto or cpu")
-    return torch.device(name)
+    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
 
 
 def setup_runtime(cfg: PretrainConfig) -> Runtime:
-    """Read torchrun's environment; one process without it. nproc must match torchrun's."""
+    """Read torchrun's environment; one process without it. RANK and WORLD_SIZE are global (over
+    all nodes), LOCAL_RANK counts this node's processes; nnodes x nproc must match torchrun's."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size != cfg.nproc:
-        raise ConfigError(f"pretrain.nproc = {cfg.nproc} but {world_size} process(es) were started; "
-                          "launch with `torchrun --nproc_per_node=<pretrain.nproc>` (as dvc.yaml does)")
+    launch = "`pixpro pretrain --launch` (as dvc.yaml does) on every node"
+    if world_size != cfg.nnodes * cfg.nproc:
+        raise ConfigError(f"pretrain.nnodes = {cfg.nnodes} x pretrain.nproc = {cfg.nproc} needs "
+                          f"{cfg.nnodes * cfg.nproc} process(es) but WORLD_SIZE = {world_size}; launch with {launch}")
+    # Set by torchrun: the right total split over nodes differently (1 x 4 instead of 2 x 2) is an error too.
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.nproc))
+    if local_world_size != cfg.nproc:
+        raise ConfigError(f"pretrain.nproc = {cfg.nproc} but {local_world_size} process(es) were started on "
+                          f"this node; launch with {launch}")
     if cfg.batch_size % world_size:
-        raise ConfigError(f"pretrain.batch_size = {cfg.batch_size} is not divisible by pretrain.nproc = {world_size}")
+        raise ConfigError(f"pretrain.batch_size = {cfg.batch_size} is not divisible by the {world_size} processes "
+                          f"(pretrain.nnodes x pretrain.nproc)")
     device = select_device(cfg.device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -302,18 +312,13 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
     checkpoint_path = Path(checkpoint_dir) / "last.pt"
     identity = run_config(params)
     step, resumed_from = 0, None
-    if checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, "pretrain")
-        changed = first_difference(state.get("config"), identity)
-        if changed:
-            log(f"not resuming {checkpoint_path}: it was trained with {changed} = {lookup(state.get('config'), changed)!r}, "
-                f"params.yaml has {lookup(identity, changed)!r}; starting from step 0")
-        else:
-            unwrap(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            restore_rng(state["rng"])
-            step = resumed_from = state["step"]
-            log(f"resuming from {checkpoint_path} at step {step} of {total_steps}")
+    state = resumable_state(checkpoint_path, identity, runtime, log)
+    if state is not None:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+        step = resumed_from = state["step"]
+        log(f"resuming from {checkpoint_path} at step {step} of {total_steps}")
 
     def write_checkpoint() -> None:
         if runtime.is_main:
@@ -375,6 +380,33 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
             live.end()
         if runtime.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def resumable_state(path: Path, identity: dict, runtime: Runtime, log: Callable[[str], None]) -> Optional[dict]:
+    """The checkpoint at `path` if it was trained under `identity` (run_config), else None.
+
+    Under DDP only rank 0 reads it and broadcasts it, so every rank on every node resumes the
+    same step even where its own view of the file is missing or stale (a node-local folder, a
+    network filesystem's cache)."""
+    found: Optional[dict] | CheckpointError = None
+    if runtime.is_main and path.is_file():
+        try:
+            found = load_checkpoint(path, "pretrain")
+        except CheckpointError as err:
+            found = err  # sent on, so the other ranks stop with it instead of waiting for the broadcast
+        else:
+            changed = first_difference(found.get("config"), identity)
+            if changed:
+                log(f"not resuming {path}: it was trained with {changed} = {lookup(found.get('config'), changed)!r}, "
+                    f"params.yaml has {lookup(identity, changed)!r}; starting from step 0")
+                found = None
+    if runtime.distributed:
+        box = [found]
+        dist.broadcast_object_list(box, src=0)
+        found = box[0]
+    if isinstance(found, CheckpointError):
+        raise found
+    return found
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: ViewPair, step: int, lr: float,

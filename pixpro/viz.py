@@ -1,66 +1,13 @@
-"""Pictures of images and segmentation masks (matplotlib with the Agg canvas, no pyplot state)."""
+"""Pictures of the evaluation, retrieval and pair sampling (matplotlib with the Agg canvas, no pyplot
+state); label-mask basics live in pixpro/label_viz.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-
-
-def colorize_train_ids(mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 trainIds (255 = ignore) -> (H, W, 3) uint8 RGB.
-
-    colors: (K, 3) uint8, the class table's colour per train id; ignore (and ids >= K) are black.
-    """
-    palette = np.zeros((256, 3), np.uint8)  # (256, 3): any uint8 id indexes it
-    palette[: len(colors)] = colors
-    return palette[np.asarray(mask, dtype=np.uint8)]
-
-
-def plot_examples(images: list[np.ndarray], masks: list[np.ndarray], path: Path, *, colors: np.ndarray,
-                  title: str | None = None) -> None:
-    """Save a grid, one row per example: image (H, W, 3) uint8 | colourised trainId mask (H, W),
-    colours (K, 3) from the class table.
-
-    Written as PNG at path; parent folders are created.
-    """
-    if len(images) != len(masks):
-        raise ValueError(f"{len(images)} images but {len(masks)} masks")
-    if not images:
-        raise ValueError("plot_examples needs at least one example")
-    h, w = np.asarray(images[0]).shape[:2]
-    row_h = 2.2
-    fig = Figure(figsize=(2 * row_h * w / h + 0.2, row_h * len(images) + (0.4 if title else 0.1)))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(images), 2, squeeze=False)
-    for row, (image, mask) in enumerate(zip(images, masks)):
-        axes[row, 0].imshow(np.asarray(image))
-        axes[row, 1].imshow(colorize_train_ids(mask, colors), interpolation="nearest")
-        for ax in axes[row]:
-            ax.set_axis_off()
-    axes[0, 0].set_title("image", fontsize=9)
-    axes[0, 1].set_title("train ids", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
+from pixpro.label_viz import colorize_train_ids, new_figure, save_figure
 
 
 def plot_overlays(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str,
@@ -70,7 +17,7 @@ def plot_overlays(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: P
     if not rows:
         return
     h, w = rows[0][0].shape[:2]
-    fig = _figure(3 * 2.0 * w / h + 0.2, 2.0 * len(rows) + 0.4)
+    fig = new_figure(3 * 2.0 * w / h + 0.2, 2.0 * len(rows) + 0.4)
     axes = fig.subplots(len(rows), 3, squeeze=False)
     for r, (image, truth, prediction) in enumerate(rows):
         axes[r, 0].imshow(image)
@@ -82,7 +29,7 @@ def plot_overlays(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: P
         ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(conf: np.ndarray, names: list[str], path: Path, title: str) -> None:
@@ -92,7 +39,7 @@ def plot_confusion(conf: np.ndarray, names: list[str], path: Path, title: str) -
     conf = conf[keep][:, keep]
     names = [n for n, k in zip(names, keep) if k]
     normalised = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    fig = _figure(0.45 * len(names) + 2.5, 0.45 * len(names) + 1.5)
+    fig = new_figure(0.45 * len(names) + 2.5, 0.45 * len(names) + 1.5)
     ax = fig.subplots()
     im = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
@@ -107,7 +54,7 @@ def plot_confusion(conf: np.ndarray, names: list[str], path: Path, title: str) -
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _mark(ax, pixel: int, width: int, colour: str = "red") -> None:
@@ -122,7 +69,7 @@ def plot_retrieval(query_image: np.ndarray, query_pixel: int, query_name: str,
     of the query to every pixel of the top-1 image (H, W)."""
     h, w = query_image.shape[:2]
     shown = retrieved[:4]
-    fig = _figure(2.6 * w / h * 3 + 0.5, 2.2 * 2 + 0.6)
+    fig = new_figure(2.6 * w / h * 3 + 0.5, 2.2 * 2 + 0.6)
     axes = fig.subplots(2, 3, squeeze=False)
     axes[0, 0].imshow(query_image)
     _mark(axes[0, 0], query_pixel, w)
@@ -138,7 +85,7 @@ def plot_retrieval(query_image: np.ndarray, query_pixel: int, query_name: str,
     for ax in axes.flat:
         ax.set_axis_off()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pairs(image: np.ndarray, boxes: list[tuple[float, float, float, float]], views: list[np.ndarray],
@@ -148,7 +95,7 @@ def plot_pairs(image: np.ndarray, boxes: list[tuple[float, float, float, float]]
     from matplotlib.patches import ConnectionPatch, Rectangle
 
     h, w = image.shape[:2]
-    fig = _figure(12, 3.6)
+    fig = new_figure(12, 3.6)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [w / h, 1.6, 1.6]})
     axes[0].imshow(image)
     for (top, left, bottom, right), colour in zip(boxes, ("orange", "cyan")):
@@ -168,4 +115,4 @@ def plot_pairs(image: np.ndarray, boxes: list[tuple[float, float, float, float]]
     for ax in axes:
         ax.set_axis_off()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from stages import compare, evaluate, export, extract, prepare, pretrain, probe, report, retrieval, show_pairs
+from stages import (compare, evaluate, export, extract, finetune, prepare, pretrain, probe, report, retrieval,
+                    show_pairs)
 
 app = typer.Typer(
     help="PixPro dense self-supervised pretraining for semantic segmentation. "
     "Each subcommand is one DVC stage; `dvc repro` runs them in order "
-    "(prepare -> pretrain -> extract -> probe -> evaluate, retrieval -> report); "
+    "(prepare -> pretrain -> extract -> probe -> evaluate, retrieval; finetune -> report); "
     "`compare` (experiments over seeds) and `export` (the backbone for other code) are not stages.",
     no_args_is_help=True,
     add_completion=False,
@@ -22,6 +23,7 @@ app.command("extract")(extract.main)
 app.command("probe")(probe.main)
 app.command("evaluate")(evaluate.main)
 app.command("retrieval")(retrieval.main)
+app.command("finetune")(finetune.main)
 app.command("report")(report.main)
 app.command("show-pairs")(show_pairs.main)
 app.command("compare")(compare.main)

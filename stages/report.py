@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -13,12 +14,14 @@ from stages._common import err_console, user_errors
 def main(
     segmentation: Path = typer.Option(Path("metrics/segmentation"), help="Folder of segmentation metrics."),
     retrieval: Path = typer.Option(Path("metrics/retrieval"), help="Folder of retrieval metrics."),
+    finetune: Optional[Path] = typer.Option(None, help="Folder of fine-tuning metrics (the label-efficiency table); "
+                                             "left out of the summary when not given."),
     out: Path = typer.Option(Path("reports/summary.md"), help="Markdown summary to write."),
 ) -> None:
-    """Tabulate pretrained vs random, overall and per class, with the gain."""
+    """Tabulate pretrained vs random, overall, per class and per labelled fraction, with the gain."""
     from pixpro.io import atomic_write_text
     from pixpro.report import summary_markdown
 
-    text = summary_markdown(segmentation, retrieval)
+    text = summary_markdown(segmentation, retrieval, finetune)
     atomic_write_text(out, text)
     err_console.print(text)

@@ -11,7 +11,7 @@ from cityscapesscripts.helpers.labels import trainId2label
 from pixpro.data.classes import (IGNORE, default_colors, load_class_table, load_prepared_classes,
                                  write_prepared_classes)
 from pixpro.errors import ConfigError, DataError
-from pixpro.viz import colorize_train_ids
+from pixpro.label_viz import colorize_train_ids
 
 THREE = """value,train_id,name,color
 0,255,void,

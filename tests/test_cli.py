@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import REPO, VENV_BIN, tiny_params
+from tests.conftest import VENV_BIN, copy_repo, tiny_params
 from stages.cli import app
 
 
@@ -52,24 +51,10 @@ def test_console_script_runs_the_typer_app():
     assert result.returncode == 0 and "pretrain" in result.stdout and "evaluate" in result.stdout
 
 
-def _copy_repo(dest: Path) -> None:
-    """The working tree as git sees it: tracked files plus untracked files that are not ignored."""
-    listed = []
-    for extra in ([], ["--others", "--exclude-standard"]):
-        out = subprocess.run(["git", "ls-files", "-z", *extra], cwd=REPO, capture_output=True,
-                             check=True, timeout=30).stdout.decode()
-        listed += [name for name in out.split("\0") if name]
-    for name in listed:
-        src = REPO / name
-        if src.is_file():  # tracked but deleted in the working tree: skip
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-
-
 def test_dvc_repro_prepare_in_a_copy_of_the_repo(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    _copy_repo(repo)
+    copy_repo(repo)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     git = ["git", "-c", "user.name=pixpro-tests", "-c", "user.email=tests@example.invalid",
            "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]

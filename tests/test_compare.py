@@ -365,12 +365,12 @@ def test_two_settings_by_two_seeds_match_their_metrics_files(tmp_path):
     # all successful; note that `dvc queue start`'s worker keeps its stdout, so a caller capturing
     # it with a pipe waits until the queue is empty.) The last run stays applied to the workspace,
     # which is how `pixpro compare` meets a workspace that repeats an experiment.
-    from tests.conftest import tiny_params
-    from tests.test_evaluation import PIPELINE_PARAMS, _commit, _copy_repo, _run
+    from tests.conftest import copy_repo, tiny_params
+    from tests.test_evaluation import PIPELINE_PARAMS, _commit, _run
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    _copy_repo(repo)
+    copy_repo(repo)
     # The main checkout's lock and metrics (kept in git) describe its own params, not these.
     (repo / "dvc.lock").unlink(missing_ok=True)
     for metrics in (repo / "metrics").rglob("*.json"):

@@ -159,6 +159,7 @@ OUT_OF_RANGE = [
     ("pretrain.batch_size", 1, r"pretrain\.batch_size must be >= 2"),
     ("pretrain.momentum", 1.5, r"pretrain\.momentum must be in \[0, 1\]"),
     ("pretrain.nproc", 0, r"pretrain\.nproc must be >= 1"),
+    ("pretrain.nnodes", 0, r"pretrain\.nnodes must be >= 1"),
     ("pretrain.workers", -1, r"pretrain\.workers must be >= 0"),
     ("pretrain.checkpoint_every", 0, r"pretrain\.checkpoint_every must be >= 1"),
     ("pretrain.log_every", 0, r"pretrain\.log_every must be >= 1"),
@@ -268,6 +269,20 @@ def test_view_divisor_follows_the_plain_unet_depth():
     params_from_dict({"pretrain": {"backbone": backbone, "views": {"size": [48, 80]}}})
     _raises({"pretrain": {"backbone": backbone, "views": {"size": [40, 80]}}},
             r"pretrain\.views\.size = \[40, 80\] must be divisible by 16 for unet")
+
+
+@pytest.mark.parametrize("endpoint", ["node0", "node0:", ":29400", "node0:0", "node0:65536", "node0:port",
+                                      "tcp://node0:29400", "node 0:29400"])
+def test_rdzv_endpoint_must_be_host_port_for_several_nodes(endpoint):
+    _raises(_with(pretrain__nnodes=2, pretrain__rdzv_endpoint=endpoint),
+            rf"^pretrain\.rdzv_endpoint = {re.escape(repr(endpoint))} must be host:port, e\.g\. node0:29400 .*"
+            rf"for pretrain\.nnodes = 2$")
+    params_from_dict(_with(pretrain__rdzv_endpoint=endpoint))  # one node never reads it
+
+
+@pytest.mark.parametrize("endpoint", ["node0:29400", "10.1.2.3:1", "[::1]:29400", "gpu-07.cluster.local:65535"])
+def test_rdzv_endpoint_accepts_host_port(endpoint):
+    assert params_from_dict(_with(pretrain__nnodes=4, pretrain__rdzv_endpoint=endpoint)).pretrain.nnodes == 4
 
 
 def test_synthetic_use_extra_needs_extra_scenes():

@@ -7,7 +7,6 @@ import errno
 import json
 import math
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,10 +18,9 @@ from PIL import Image
 from torch import nn
 
 from pixpro.checkpoint import save_checkpoint
-from pixpro.config import ProbeConfig, params_from_dict
+from pixpro.config import ProbeConfig
 from pixpro.data.cityscapes import IGNORE, NUM_CLASSES
 from pixpro.data.classes import load_class_table
-from pixpro.data.prepare import run_prepare
 from pixpro.errors import CheckpointError, ConfigError, DataError, PixproError
 from pixpro.evaluate import BoundedWriter, check_same_size, evaluate_segmentation
 from pixpro.features import (
@@ -37,40 +35,15 @@ from pixpro.probe import class_weights, fit_probe, probe_from_state, probe_state
 from pixpro.report import summary_markdown
 from pixpro.retrieval import run_retrieval, stratified_queries
 from pixpro.train import export_backbone
-from tests.conftest import REPO, VENV_BIN, tiny_params
-from tests.test_train import TINY_PRETRAIN
+from tests.conftest import TINY_EVAL, TINY_PRETRAIN, VENV_BIN, copy_repo, make_eval_params, tiny_params
 
 CPU = torch.device("cpu")
 CITYSCAPES = load_class_table("cityscapes")
-TINY_EVAL = {
-    "extract.pixels_per_image": 16,
-    "extract.batch_size": 4,
-    "probe.max_iter": 50,
-    "evaluate.batch_size": 4,
-    "evaluate.overlays": 1,
-    "retrieval.queries": 40,
-    "retrieval.k": 10,
-    "retrieval.knn_k": 5,
-    "retrieval.knn_stride": 2,
-    "retrieval.examples": 1,
-}
-
-
-def make_params(**overrides):
-    return params_from_dict(tiny_params({**TINY_PRETRAIN, **TINY_EVAL, **overrides}))
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """4 train + 2 val prepared images of 32 x 64."""
-    root = tmp_path_factory.mktemp("eval-prepared")
-    run_prepare(make_params(), root / "data", root / "metrics.json", root / "plots")
-    return root / "data"
 
 
 @pytest.fixture(scope="module")
 def random_backbone(tmp_path_factory):
-    return load_frozen_backbone("random", make_params(), tmp_path_factory.mktemp("nothing") / "absent.pt")
+    return load_frozen_backbone("random", make_eval_params(), tmp_path_factory.mktemp("nothing") / "absent.pt")
 
 
 def save_backbone_file(path: Path, params) -> Path:
@@ -142,7 +115,7 @@ def test_balanced_pixels_depends_only_on_the_seed():
 
 
 def test_extract_bank_is_deterministic_unit_norm_and_labelled(prepared, random_backbone):
-    params = make_params()
+    params = make_eval_params()
     rows = split_rows(prepared, "train")
     bank = extract_bank(random_backbone, rows, params.extract, params.seed, CPU, NUM_CLASSES)
     again = extract_bank(random_backbone, rows, params.extract, params.seed, CPU, NUM_CLASSES)
@@ -165,7 +138,7 @@ def test_extract_bank_is_deterministic_unit_norm_and_labelled(prepared, random_b
 
 
 def test_extract_bank_does_not_depend_on_the_batch_size(prepared, random_backbone):
-    params = make_params()
+    params = make_eval_params()
     rows = split_rows(prepared, "train")
     one = extract_bank(random_backbone, rows, params.extract.__class__(16, 1), params.seed, CPU,
                        NUM_CLASSES)
@@ -233,27 +206,27 @@ def test_probe_state_round_trip_and_dimension_mismatch():
 def test_missing_backbone_file_says_which_stage_makes_it(tmp_path):
     missing = tmp_path / "models" / "backbone.pt"
     with pytest.raises(CheckpointError, match="dvc repro pretrain") as err:
-        load_frozen_backbone("pretrained", make_params(), missing)
+        load_frozen_backbone("pretrained", make_eval_params(), missing)
     assert str(missing) in str(err.value)
 
 
 def test_truncated_backbone_file_is_a_clear_error(tmp_path):
-    path = save_backbone_file(tmp_path / "backbone.pt", make_params())
+    path = save_backbone_file(tmp_path / "backbone.pt", make_eval_params())
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated") as err:
-        load_frozen_backbone("pretrained", make_params(), path)
+        load_frozen_backbone("pretrained", make_eval_params(), path)
     assert str(path) in str(err.value) and "dvc repro pretrain" in str(err.value)
 
 
 def test_backbone_from_another_config_names_the_key_and_both_values(tmp_path):
-    path = save_backbone_file(tmp_path / "backbone.pt", make_params())
+    path = save_backbone_file(tmp_path / "backbone.pt", make_eval_params())
     with pytest.raises(CheckpointError, match=r"pretrain\.backbone\.dim = 8 but params\.yaml has 16"):
-        load_frozen_backbone("pretrained", make_params(**{"pretrain.backbone.dim": 16}), path)
+        load_frozen_backbone("pretrained", make_eval_params(**{"pretrain.backbone.dim": 16}), path)
 
 
 def test_pretrained_backbone_loads_the_saved_weights_frozen(tmp_path):
-    params = make_params()
+    params = make_eval_params()
     path = save_backbone_file(tmp_path / "backbone.pt", params)
     saved = torch.load(path, weights_only=False)["backbone"]
     model = load_frozen_backbone("pretrained", params, path)
@@ -263,13 +236,13 @@ def test_pretrained_backbone_loads_the_saved_weights_frozen(tmp_path):
 
 
 def test_random_backbone_is_deterministic_from_the_seed(tmp_path):
-    first = load_frozen_backbone("random", make_params(), tmp_path / "unused.pt").state_dict()
-    again = load_frozen_backbone("random", make_params(), tmp_path / "unused.pt").state_dict()
-    other = load_frozen_backbone("random", make_params(seed=1), tmp_path / "unused.pt").state_dict()
+    first = load_frozen_backbone("random", make_eval_params(), tmp_path / "unused.pt").state_dict()
+    again = load_frozen_backbone("random", make_eval_params(), tmp_path / "unused.pt").state_dict()
+    other = load_frozen_backbone("random", make_eval_params(seed=1), tmp_path / "unused.pt").state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
     with pytest.raises(DataError, match="unknown backbone 'imagenet'"):
-        load_frozen_backbone("imagenet", make_params(), tmp_path / "unused.pt")
+        load_frozen_backbone("imagenet", make_eval_params(), tmp_path / "unused.pt")
 
 
 # --- evaluate_segmentation ----------------------------------------------------------------------
@@ -333,7 +306,7 @@ def test_stratified_queries_take_about_the_same_number_per_class():
 
 
 def test_run_retrieval_on_the_tiny_set(prepared, random_backbone):
-    params = make_params()
+    params = make_eval_params()
     train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
     bank = extract_bank(random_backbone, train, params.extract, params.seed, CPU, NUM_CLASSES)
     result = run_retrieval(random_backbone, bank, val, train, params.retrieval, params.seed, CPU, 2, CITYSCAPES)
@@ -344,7 +317,7 @@ def test_run_retrieval_on_the_tiny_set(prepared, random_backbone):
 
 
 def test_retrieval_with_a_bank_smaller_than_k_is_a_clear_error(prepared, random_backbone):
-    params = make_params()
+    params = make_eval_params()
     train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
     bank = extract_bank(random_backbone, train, params.extract.__class__(2, 4), params.seed, CPU,
                         NUM_CLASSES)  # 8 pixels
@@ -403,23 +376,16 @@ PIPELINE_PARAMS = {
     "data.synthetic.val": 4,
     "data.synthetic.cities": 2,
     "data.synthetic.raw_size": [64, 128],
+    **TINY_PRETRAIN,
     "pretrain.epochs": 1,
     "pretrain.batch_size": 4,
-    "pretrain.workers": 0,
+    "pretrain.log_every": 5,
     "pretrain.views.size": [32, 64],
-    "pretrain.backbone.arch": "unet",
-    "pretrain.backbone.widths": [4, 8],
-    "pretrain.backbone.dim": 8,
-    "pretrain.pairs.candidates": 64,
-    "pretrain.pairs.neighbours": 2,
-    "pretrain.pairs.num": 32,
-    "pretrain.ppm.window": 3,
-    "pretrain.projector.hidden": 16,
-    "pretrain.projector.out": 8,
     **TINY_EVAL,
 }
-RANDOM_STAGES = ("extract@random", "probe@random", "evaluate@random", "retrieval@random")
-PRETRAINED_STAGES = ("extract@pretrained", "probe@pretrained", "evaluate@pretrained", "retrieval@pretrained")
+RANDOM_STAGES = ("extract@random", "probe@random", "evaluate@random", "retrieval@random", "finetune@random")
+PRETRAINED_STAGES = ("extract@pretrained", "probe@pretrained", "evaluate@pretrained", "retrieval@pretrained",
+                     "finetune@pretrained")
 
 
 def _env(repo: Path) -> dict[str, str]:
@@ -433,20 +399,6 @@ def _run(cmd: list[str], repo: Path, timeout: float) -> subprocess.CompletedProc
                           timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc
-
-
-def _copy_repo(dest: Path) -> None:
-    """The working tree as git sees it: tracked files plus untracked files that are not ignored."""
-    listed = []
-    for extra in ([], ["--others", "--exclude-standard"]):
-        out = subprocess.run(["git", "ls-files", "-z", *extra], cwd=REPO, capture_output=True, check=True,
-                             timeout=30).stdout.decode()
-        listed += [name for name in out.split("\0") if name]
-    for name in listed:
-        src = REPO / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
 
 
 def _commit(repo: Path, message: str) -> None:
@@ -480,7 +432,7 @@ def tiny_pipeline_repo(tmp_path: Path) -> Path:
     """A committed git copy of the working tree, with the tiny pipeline params and no dvc.lock."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    _copy_repo(repo)
+    copy_repo(repo)
     (repo / "dvc.lock").unlink(missing_ok=True)  # the main checkout's lock describes its own params
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(PIPELINE_PARAMS), sort_keys=False))
     _commit(repo, "copy for the test")
@@ -500,8 +452,10 @@ def test_whole_pipeline_and_an_experiment_in_a_copy_of_the_repo(tmp_path):
         predictions = sorted((repo / "predictions" / name).glob("*.png"))
         assert len(predictions) == 4
         assert Image.open(predictions[0]).mode == "L" and Image.open(predictions[0]).size == (64, 32)
+        finetune = json.loads((repo / "metrics" / "finetune" / f"{name}.json").read_text())
+        assert {"miou_50pct", "miou_100pct"} <= set(finetune) and 0 <= finetune["miou_50pct"] <= 1
     summary = (repo / "reports" / "summary.md").read_text()
-    assert "pretrained" in summary and "gain" in summary
+    assert "pretrained" in summary and "gain" in summary and "50% of the labels (4 images)" in summary
     _commit(repo, "baseline results")
     before = _lock_stages(repo)
 
@@ -525,7 +479,7 @@ def test_whole_pipeline_and_an_experiment_in_a_copy_of_the_repo(tmp_path):
     # The page a user opens: training curves, per-class IoU bars and the evaluation pictures.
     _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots_html")], repo, timeout=120)
     page = (tmp_path / "plots_html" / "index.html").read_text()
-    for expected in ("plots/metrics/train/loss.tsv", "Per-class IoU", "Class frequency (train)",
+    for expected in ("plots/metrics/train/loss.tsv", "Per-class IoU", "Class frequency (train)", "Label efficiency",
                      "plots/evaluate/pretrained/confusion.png", "plots/retrieval/random/query_0.png"):
         assert expected in page, expected
 

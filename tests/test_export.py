@@ -16,7 +16,7 @@ from pixpro.model.backbone import ClassicUNet
 from pixpro.model.pixpro import PixPro
 from pixpro.train import export_backbone
 from stages.cli import app
-from tests.test_train import make_params
+from tests.conftest import make_params
 
 SMP = {"pretrain.backbone.arch": "smp_unet", "pretrain.backbone.encoder": "resnet18",
        "pretrain.backbone.decoder_channels": [16, 16, 16, 16], "pretrain.backbone.dim": 8,

@@ -22,10 +22,9 @@ from pixpro.evaluate import evaluate_segmentation
 from pixpro.features import load_frozen_backbone, split_rows
 from pixpro.train import pretraining_images
 from stages.cli import app
-from tests.conftest import tiny_params
+from tests.conftest import TINY_EVAL, TINY_PRETRAIN, tiny_params
 from tests.test_classes import THREE
-from tests.test_evaluation import TINY_EVAL, save_backbone_file
-from tests.test_train import TINY_PRETRAIN
+from tests.test_evaluation import save_backbone_file
 
 RAW = (40, 80)  # raw (H, W); labels come in 8x8 blocks so they survive the nearest resize
 SIZE = (32, 64)

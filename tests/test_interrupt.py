@@ -14,8 +14,7 @@ import yaml
 
 from pixpro.config import params_from_dict
 from pixpro.data.prepare import run_prepare
-from tests.conftest import VENV_BIN, tiny_params
-from tests.test_train import TINY_PRETRAIN
+from tests.conftest import TINY_PRETRAIN, VENV_BIN, tiny_params
 
 # Long enough (400 steps of a few ms) that a kill lands mid-run.
 OVERRIDES = {**TINY_PRETRAIN, "pretrain.epochs": 200, "pretrain.checkpoint_every": 5, "pretrain.log_every": 5}

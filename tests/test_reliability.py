@@ -28,17 +28,11 @@ from pixpro.probe import fit_probe, probe_from_state
 from pixpro.retrieval import run_retrieval
 from pixpro.train import pretrain
 from stages.cli import app
-from tests.conftest import REPO, VENV_BIN, tiny_params
-from tests.test_evaluation import TINY_EVAL
-from tests.test_train import TINY_PRETRAIN, _free_port
-from tests.test_train import make_params as train_params
+from tests.conftest import REPO, TINY_EVAL, TINY_PRETRAIN, VENV_BIN, make_eval_params, tiny_params
+from tests.test_train import _free_port
 
 CPU = torch.device("cpu")
 CITYSCAPES = load_class_table("cityscapes")
-
-
-def make_params(**overrides):
-    return train_params(**{**TINY_EVAL, **overrides})
 
 
 def write_params(path: Path, **overrides) -> Path:
@@ -47,21 +41,12 @@ def write_params(path: Path, **overrides) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    from pixpro.data.prepare import run_prepare
-
-    root = tmp_path_factory.mktemp("reliability-prepared")
-    run_prepare(make_params(), root / "data", root / "metrics.json", root / "plots")
-    return root / "data"
-
-
-@pytest.fixture(scope="module")
 def two_pretrainings(prepared, tmp_path_factory):
     """The same tiny pretraining run twice from scratch, in-process."""
     root = tmp_path_factory.mktemp("twice")
     for name in ("a", "b"):
         folder = root / name
-        pretrain(make_params(**{"pretrain.epochs": 1}), prepared, folder / "backbone.pt", folder / "ckpt", folder / "live", log=lambda _: None)
+        pretrain(make_eval_params(**{"pretrain.epochs": 1}), prepared, folder / "backbone.pt", folder / "ckpt", folder / "live", log=lambda _: None)
     return root / "a", root / "b"
 
 
@@ -91,8 +76,8 @@ def evaluation_metrics(params, prepared: Path, backbone_file: Path, folder: Path
 
 def test_evaluating_twice_gives_identical_metrics(prepared, two_pretrainings, tmp_path):
     backbone_file = two_pretrainings[0] / "backbone.pt"
-    first = evaluation_metrics(make_params(), prepared, backbone_file, tmp_path / "first")
-    second = evaluation_metrics(make_params(), prepared, backbone_file, tmp_path / "second")
+    first = evaluation_metrics(make_eval_params(), prepared, backbone_file, tmp_path / "first")
+    second = evaluation_metrics(make_eval_params(), prepared, backbone_file, tmp_path / "second")
     assert first == second
     for png in (tmp_path / "first" / "pred").iterdir():
         assert png.read_bytes() == (tmp_path / "second" / "pred" / png.name).read_bytes(), png.name
@@ -173,7 +158,7 @@ def test_truncated_resume_checkpoint_names_the_file_and_the_stage(prepared, two_
     data = (two_pretrainings[0] / "ckpt" / "last.pt").read_bytes()
     checkpoint.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"corrupt or truncated.*`dvc repro pretrain`") as err:
-        pretrain(make_params(), prepared, tmp_path / "backbone.pt", tmp_path / "ckpt", tmp_path / "live",
+        pretrain(make_eval_params(), prepared, tmp_path / "backbone.pt", tmp_path / "ckpt", tmp_path / "live",
                  log=lambda _: None)
     assert str(checkpoint) in str(err.value)
     assert not (tmp_path / "backbone.pt").exists()
@@ -239,6 +224,7 @@ BAD_PARAMS = {
     "evaluate": ("data.size", [8, 8]),
     "retrieval": ("seed", -1),
     "show-pairs": ("probe.tolerance", 0),
+    "finetune": ("retrieval.knn_k", 0),
 }
 
 
@@ -255,6 +241,8 @@ def stage_arguments(command: str, out: Path, params: Path) -> list:
         "retrieval": ["--backbone", "random", *data, "--bank", out / "bank.pt", "--metrics", out / "m.json",
                       "--plots", out / "plots"],
         "show-pairs": [*data, "--out", out / "pairs.png"],
+        "finetune": ["--backbone", "random", *data, "--metrics", out / "m.json", "--curve", out / "c.csv",
+                     "--resume", out / "r.json"],
     }[command] + ["--params", params]
 
 
@@ -266,6 +254,7 @@ OWN_SECTION = [
     ("probe", "probe.class_weighting", "inverse"),
     ("evaluate", "evaluate.overlays", -1),
     ("retrieval", "retrieval.knn_stride", 0),
+    ("finetune", "finetune.steps", 0),
 ]
 
 

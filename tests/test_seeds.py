@@ -19,7 +19,7 @@ from pixpro.data.classes import load_class_table
 from pixpro.data.views import TwoViewDataset
 from pixpro.features import extract_bank, load_frozen_backbone, split_rows
 from pixpro.retrieval import run_retrieval
-from tests.test_reliability import make_params, prepared  # noqa: F401  (fixture)
+from tests.conftest import make_eval_params
 
 CPU = torch.device("cpu")
 SEEDS = (0, 0, 1)  # a repeat, then another seed
@@ -39,18 +39,18 @@ def same_then_different(draws: list) -> None:
 
 
 def test_random_init_follows_the_seed(tmp_path):
-    draws = [load_frozen_backbone("random", make_params(seed=s), tmp_path / "absent.pt").state_dict() for s in SEEDS]
+    draws = [load_frozen_backbone("random", make_eval_params(seed=s), tmp_path / "absent.pt").state_dict() for s in SEEDS]
     same_then_different(draws)
 
 
-def test_views_follow_the_seed(prepared):  # noqa: F811
+def test_views_follow_the_seed(prepared):
     images = train_module.pretraining_images(prepared)
-    cfg = make_params().pretrain.views
+    cfg = make_eval_params().pretrain.views
     draws = [TwoViewDataset(images, cfg, s)[(0, 0)] for s in SEEDS]
     same_then_different([(d.view1, d.view2, d.box1, d.box2) for d in draws])
 
 
-def test_pixel_pairs_follow_the_seed(prepared, tmp_path, monkeypatch):  # noqa: F811
+def test_pixel_pairs_follow_the_seed(prepared, tmp_path, monkeypatch):
     # The pair sampler's own generator, so this is not just the views differing.
     real = train_module.sample_positive_pairs
     seeds: list[int] = []
@@ -64,23 +64,23 @@ def test_pixel_pairs_follow_the_seed(prepared, tmp_path, monkeypatch):  # noqa: 
     for n, s in enumerate(SEEDS):
         seeds.clear()
         folder = tmp_path / str(n)
-        train_module.pretrain(make_params(seed=s, **{"pretrain.epochs": 1}), prepared, folder / "b.pt",
+        train_module.pretrain(make_eval_params(seed=s, **{"pretrain.epochs": 1}), prepared, folder / "b.pt",
                               folder / "ckpt", folder / "live", log=lambda _: None)
         draws.append(list(seeds))
     same_then_different(draws)
     assert len(set(draws[0])) == len(draws[0]), "each step draws its own pairs"
 
 
-def test_bank_sample_follows_the_seed(prepared, tmp_path):  # noqa: F811
-    params = make_params()
+def test_bank_sample_follows_the_seed(prepared, tmp_path):
+    params = make_eval_params()
     model = load_frozen_backbone("random", params, tmp_path / "absent.pt")  # one model: only the sample varies
     rows = split_rows(prepared, "train")
     draws = [extract_bank(model, rows, params.extract, s, CPU, 19) for s in SEEDS]
     same_then_different([(b.features, b.labels) for b in draws])
 
 
-def test_retrieval_queries_follow_the_seed(prepared, tmp_path, monkeypatch):  # noqa: F811
-    params = make_params()
+def test_retrieval_queries_follow_the_seed(prepared, tmp_path, monkeypatch):
+    params = make_eval_params()
     model = load_frozen_backbone("random", params, tmp_path / "absent.pt")
     train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
     bank = extract_bank(model, train, params.extract, 0, CPU, 19)

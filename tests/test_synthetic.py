@@ -16,7 +16,7 @@ from PIL import Image
 from pixpro.data.synthetic import (CITY_NAMES, EXTRA_SPLIT, SPLITS, generate_tree, render_scene,
                                    scene_jobs)
 from pixpro.data.classes import load_class_table
-from pixpro.viz import colorize_train_ids, plot_examples
+from pixpro.label_viz import colorize_train_ids, plot_examples
 
 SMALL = (64, 128)  # (H, W)
 VALID_IDS = {label.id for label in labels if label.id >= 0}

@@ -7,27 +7,16 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
-from pixpro.data.prepare import run_prepare
-from pixpro.config import params_from_dict
-from tests.conftest import VENV_BIN, tiny_params
-from tests.test_train import TINY_PRETRAIN
+from tests.conftest import TINY_PRETRAIN, VENV_BIN, tiny_params
 
 # Steps that move the weights (no warm-up at lr 0) and convs wide enough that the thread count
 # changes their float sums (checked below): otherwise both counts compute the same thing and the
 # test could not fail.
 PARAMS = tiny_params({**TINY_PRETRAIN, "pretrain.backbone.widths": [16, 32], "pretrain.backbone.dim": 16,
                       "pretrain.optim.warmup_epochs": 0.0})
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("threads")
-    run_prepare(params_from_dict(PARAMS), root / "data", root / "metrics.json", root / "plots")
-    return root / "data"
 
 
 def pretrain_then_extract(prepared: Path, folder: Path, threads: int, omp: int) -> dict[str, torch.Tensor]:

@@ -14,43 +14,11 @@ import torch
 import torch.multiprocessing as mp
 
 from pixpro import train as train_module
-from pixpro.config import params_from_dict
-from pixpro.data.prepare import run_prepare
 from pixpro.errors import ConfigError, TrainingDiverged
 from pixpro.losses import pixpro_pair_loss
 from pixpro.model.pixpro import PixPro
 from pixpro.schedules import momentum_schedule, warmup_cosine
-from tests.conftest import tiny_params
-
-TINY_PRETRAIN = {
-    "pretrain.epochs": 2,
-    "pretrain.batch_size": 2,
-    "pretrain.workers": 0,
-    "pretrain.log_every": 1,
-    "pretrain.checkpoint_every": 100,
-    "pretrain.backbone.arch": "unet",
-    "pretrain.backbone.widths": [4, 8],
-    "pretrain.backbone.dim": 8,
-    "pretrain.views.size": [16, 32],
-    "pretrain.pairs.candidates": 64,
-    "pretrain.pairs.neighbours": 2,
-    "pretrain.pairs.num": 32,
-    "pretrain.ppm.window": 3,
-    "pretrain.projector.hidden": 16,
-    "pretrain.projector.out": 8,
-}
-
-
-def make_params(**overrides):
-    return params_from_dict(tiny_params({**TINY_PRETRAIN, **overrides}))
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prepared")
-    params = make_params()
-    run_prepare(params, root / "data", root / "metrics.json", root / "plots")
-    return root / "data"
+from tests.conftest import make_params
 
 
 def run(params, prepared, folder, **kwargs):

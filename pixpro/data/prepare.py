@@ -145,7 +145,7 @@ def write_frequency_outputs(class_counts: dict[str, np.ndarray], manifest: pd.Da
 
 
 def _plot_examples(manifest: pd.DataFrame, path: Path, classes: ClassTable, count: int = 4) -> None:
-    from pixpro.viz import plot_examples
+    from pixpro.label_viz import plot_examples
 
     labelled = manifest[manifest["mask"] != ""].head(count)
     images = [np.asarray(Image.open(p)) for p in labelled["image"]]

@@ -1,0 +1,250 @@
+"""Fine-tuning for label efficiency: nested subsets, planned crops, learning, resume, the stage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from pixpro.config import FinetuneConfig
+from pixpro.data.classes import load_prepared_classes
+from pixpro.errors import ConfigError
+from pixpro.features import init_backbone, split_rows
+from pixpro.finetune import (CropPlan, PlannedCrops, ResultStore, Segmenter, crop_plan, label_efficiency,
+                             labelled_subsets, metrics_dict, score_segmenter, train_segmenter)
+from pixpro.model.backbone import build_backbone
+from pixpro.report import finetune_table
+from tests.conftest import VENV_BIN, make_eval_params, tiny_params
+
+CPU = torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- subsets
+
+
+def test_subsets_are_nested_sized_by_rounding_and_fixed_by_the_seed():
+    subsets = labelled_subsets(200, (0.05, 0.2, 1.0), seed=3)
+    assert [len(s) for s in subsets.values()] == [10, 40, 200]
+    assert set(subsets[0.05].tolist()) <= set(subsets[0.2].tolist()) <= set(range(200))
+    assert sorted(subsets[1.0].tolist()) == list(range(200))
+    again = labelled_subsets(200, (0.2,), seed=3)
+    assert torch.equal(again[0.2], subsets[0.2])  # the same images whichever fractions are listed
+    other = labelled_subsets(200, (0.2,), seed=4)
+    assert not torch.equal(other[0.2], subsets[0.2])
+
+
+def test_a_fraction_that_selects_no_image_says_how_many_it_would_need():
+    with pytest.raises(ConfigError, match=r"0.001 x 200 labelled train images rounds to 0 images; use at least 0.005"):
+        labelled_subsets(200, (0.001, 1.0), seed=0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"finetune.label_fractions": [0.0, 1.0]}, r"finetune.label_fractions\[0\].*must be in \(0, 1\]"),
+    ({"finetune.label_fractions": [0.5, 1.5]}, r"finetune.label_fractions\[1\].*must be in \(0, 1\]"),
+    ({"finetune.label_fractions": [0.051, 0.049]}, r"same metric key miou_<p>pct twice"),
+    ({"finetune.label_fractions": []}, r"at least one fraction"),
+    ({"finetune.crop_size": [48, 64], "pretrain.backbone.arch": "smp_unet", "pretrain.views.size": [64, 128]},
+     r"finetune.crop_size.*divisible by 32 for smp_unet"),
+    ({"finetune.warmup_steps": 3, "finetune.steps": 3}, r"warmup_steps.*\[0, steps\)"),
+    ({"finetune.lr_head": 0.0}, r"lr_head"),
+])
+def test_bad_finetune_params_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        make_eval_params(**overrides)
+
+
+# --------------------------------------------------------------------------- crops
+
+
+def test_crop_plan_stays_inside_the_image_keeps_the_crop_aspect_and_repeats():
+    cfg = FinetuneConfig(crop_size=(32, 64), crop_scale=(0.2, 1.0), flip=0.5)
+    subset = torch.tensor([4, 9, 2])
+    plan = crop_plan(subset, 300, (128, 256), cfg, torch.Generator().manual_seed(0))
+    top, left, height, width = plan.box.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + height <= 128).all() and (left + width <= 256).all()
+    assert ((width / height - 2.0).abs() < 0.1).all()
+    area = (height * width).double() / (128 * 256)
+    assert area.min() > 0.18 and area.max() <= 1.0
+    assert set(plan.image.tolist()) == {4, 9, 2}
+    # every image once per pass, so the counts differ by at most one
+    assert max(plan.image.bincount()[[2, 4, 9]]) - min(plan.image.bincount()[[2, 4, 9]]) <= 1
+    assert 0.4 < plan.flip.float().mean() < 0.6
+    again = crop_plan(subset, 300, (128, 256), cfg, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(plan, again))
+
+
+def _write_pair(folder, name, image: np.ndarray, mask: np.ndarray) -> dict:
+    Image.fromarray(image).save(folder / f"{name}.png")
+    Image.fromarray(mask).save(folder / f"{name}_mask.png")
+    return {"image": str(folder / f"{name}.png"), "mask": str(folder / f"{name}_mask.png")}
+
+
+def test_planned_crops_cut_the_same_box_from_image_and_mask_and_flip_both(tmp_path):
+    # Mask = column index // 8, image red channel = the same: a crop must keep them aligned.
+    columns = np.arange(64) // 8
+    mask = np.tile(columns.astype(np.uint8), (32, 1))
+    image = np.zeros((32, 64, 3), np.uint8)
+    image[..., 0] = mask * 30
+    rows = pd.DataFrame([_write_pair(tmp_path, "a", image, mask)])
+    plan = CropPlan(torch.tensor([0, 0]), torch.tensor([[0, 16, 16, 32], [0, 16, 16, 32]]), torch.tensor([False, True]))
+    crops = PlannedCrops(rows, plan, (16, 32))
+    plain, flipped = crops[0], crops[1]
+    assert plain.image.shape == (3, 16, 32) and plain.mask.shape == (16, 32)
+    assert plain.mask[0].tolist() == [2] * 8 + [3] * 8 + [4] * 8 + [5] * 8  # nearest: labels are never blended
+    assert torch.equal(flipped.mask, plain.mask.flip(-1)) and torch.equal(flipped.image, plain.image.flip(-1))
+    red = plain.image[0]  # normalised red rises with the label inside the crop
+    assert (red[:, 8:16].mean() > red[:, :8].mean()) and (red[:, 24:].mean() > red[:, 16:24].mean())
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def _stripes_dataset(tmp_path, count: int) -> pd.DataFrame:
+    """Images whose colour gives the class: left half red = 0, right half blue = 1, a band ignored."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        split = int(rng.integers(16, 48))
+        image = np.zeros((32, 64, 3), np.uint8)
+        image[:, :split, 0] = 220
+        image[:, split:, 2] = 220
+        image = np.clip(image + rng.integers(0, 30, image.shape), 0, 255).astype(np.uint8)
+        mask = np.zeros((32, 64), np.uint8)
+        mask[:, split:] = 1
+        mask[:2] = 255
+        rows.append(_write_pair(tmp_path, f"s{i}", image, mask))
+    return pd.DataFrame(rows)
+
+
+class TwoClasses:
+    num_classes = 2
+    names = ("red", "blue")
+
+
+def test_fine_tuning_learns_a_colour_rule_an_untrained_head_does_not_know(tmp_path):
+    rows = _stripes_dataset(tmp_path, 6)
+    cfg = FinetuneConfig(steps=30, batch_size=4, crop_size=(16, 32), crop_scale=(0.3, 1.0), lr_head=0.01,
+                         lr_backbone=0.003, warmup_steps=2)
+    params = make_eval_params()
+
+    def fresh() -> Segmenter:
+        torch.manual_seed(0)
+        return Segmenter(build_backbone(params.pretrain.backbone), params.pretrain.backbone.dim, 2)
+
+    untrained, _ = score_segmenter(fresh().eval(), rows, 3, CPU, TwoClasses, amp=False, description="")
+    model = fresh()
+    loss, skipped = train_segmenter(model, rows, torch.arange(6), (32, 64), cfg, torch.Generator().manual_seed(0),
+                                    CPU, "test")
+    trained, accuracy = score_segmenter(model, rows, 3, CPU, TwoClasses, amp=False, description="")
+    assert skipped == 0 and np.isfinite(loss)
+    assert trained > 0.9 and accuracy > 0.95, (trained, untrained)
+    assert trained > untrained + 0.2
+
+
+def test_zero_backbone_lr_trains_the_head_only(tmp_path):
+    rows = _stripes_dataset(tmp_path, 2)
+    params = make_eval_params()
+    torch.manual_seed(0)
+    model = Segmenter(build_backbone(params.pretrain.backbone), params.pretrain.backbone.dim, 2)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head = model.classifier.weight.detach().clone()
+    cfg = FinetuneConfig(steps=3, batch_size=2, crop_size=(16, 32), lr_backbone=0.0, warmup_steps=0)
+    train_segmenter(model, rows, torch.arange(2), (32, 64), cfg, torch.Generator().manual_seed(0), CPU, "test")
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics
+    assert not torch.equal(head, model.classifier.weight)
+
+
+# --------------------------------------------------------------------------- resume and the stage
+
+
+def test_an_interrupted_run_reuses_finished_fractions_only_under_the_same_fingerprint(prepared, tmp_path):
+    params = make_eval_params()
+    classes = load_prepared_classes(prepared)
+    train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
+    calls = []
+
+    def init():
+        calls.append(1)
+        return init_backbone("random", params, tmp_path / "absent.pt")
+
+    def run(store: ResultStore):
+        calls.clear()
+        return label_efficiency(init, params.pretrain.backbone.dim, train, val, tuple(params.data.size),
+                                params.finetune, params.seed, classes, CPU, store, "random", log=lambda _: None)
+
+    path = tmp_path / "resume.json"
+    first = run(ResultStore(path, {"recipe": 1}))
+    assert len(calls) == 2  # one fresh backbone per fraction
+    reused = run(ResultStore(path, {"recipe": 1}))
+    assert calls == [] and reused == first
+    # A half-finished run (the 100% fraction lost) trains only what is missing.
+    saved = json.loads(path.read_text())
+    del saved["results"]["1.0"]
+    path.write_text(json.dumps(saved))
+    resumed = run(ResultStore(path, {"recipe": 1}))
+    assert len(calls) == 1 and resumed == first  # and the retrained fraction repeats exactly
+    run(ResultStore(path, {"recipe": 2}))
+    assert len(calls) == 2  # another recipe: nothing reused
+
+
+def test_stage_writes_the_contracted_keys_for_both_backbones_on_the_same_images(prepared, tmp_path):
+    import yaml
+
+    from tests.conftest import TINY_EVAL, TINY_PRETRAIN
+    from tests.test_evaluation import save_backbone_file
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params({**TINY_PRETRAIN, **TINY_EVAL}), sort_keys=False))
+    checkpoint = save_backbone_file(tmp_path / "backbone.pt", make_eval_params())
+    metrics = {}
+    for backbone in ("pretrained", "random"):
+        out = tmp_path / backbone
+        proc = subprocess.run(
+            [str(VENV_BIN / "pixpro"), "finetune", "--backbone", backbone, "--params", str(params_file),
+             "--data", str(prepared), "--checkpoint", str(checkpoint), "--metrics", str(out / "m.json"),
+             "--curve", str(out / "curve.csv"), "--resume", str(out / "resume.json")],
+            capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr
+        metrics[backbone] = json.loads((out / "m.json").read_text())
+        curve = pd.read_csv(out / "curve.csv")
+        assert curve["labelled_fraction"].tolist() == [0.5, 1.0] and curve["labelled_images"].tolist() == [2, 4]
+    for m in metrics.values():
+        assert set(m) == {"miou_50pct", "miou_100pct", "labelled_images_50pct", "labelled_images_100pct"}
+        assert all(0 <= m[k] <= 1 for k in ("miou_50pct", "miou_100pct"))
+    assert metrics["pretrained"] != metrics["random"]  # different starting weights, different scores
+    table = finetune_table(metrics)
+    assert list(table.index) == ["50% of the labels (2 images)", "100% of the labels (4 images)"]
+    assert table.loc["50% of the labels (2 images)", "gain"] == pytest.approx(
+        metrics["pretrained"]["miou_50pct"] - metrics["random"]["miou_50pct"])
+
+
+def test_stage_refuses_a_fraction_that_selects_no_image_before_training(prepared, tmp_path):
+    import yaml
+
+    from tests.conftest import TINY_EVAL, TINY_PRETRAIN
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params({**TINY_PRETRAIN, **TINY_EVAL,
+                                                       "finetune.label_fractions": [0.05, 1.0]}), sort_keys=False))
+    proc = subprocess.run(
+        [str(VENV_BIN / "pixpro"), "finetune", "--backbone", "random", "--params", str(params_file),
+         "--data", str(prepared), "--metrics", str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.csv"),
+         "--resume", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode != 0
+    assert "0.05 x 4 labelled train images rounds to 0 images; use at least 0.25" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.json").exists()
+
+
+def test_metrics_dict_names_keys_by_rounded_percent():
+    from pixpro.finetune import FractionResult
+
+    results = [FractionResult(0.05, 10, 0.3, 0.8, 1.0, 0), FractionResult(1.0, 200, 0.5, 0.9, 0.5, 0)]
+    assert metrics_dict(results) == {"miou_5pct": 0.3, "miou_100pct": 0.5, "labelled_images_5pct": 10,
+                                     "labelled_images_100pct": 200}
