@@ -174,8 +174,7 @@ def _inputs(torch, device, cfg, size: tuple[int, int], seed: int = 0):
     box1 = torch.tensor([[0.10, 0.05, 0.90, 0.75]], device=device)
     box2 = torch.tensor([[0.20, 0.95, 0.95, 0.30]], device=device)  # left > right: flipped
     image_size = (2 * size[0], 2 * size[1])
-    pairs = sample_positive_pairs(box1, box2, size, size, image_size, cfg.pairs.candidates, cfg.pairs.neighbours,
-                                  cfg.pairs.num, cfg.pairs.dist_thresh, generator=gen)
+    pairs = sample_positive_pairs(box1, box2, size, size, image_size, cfg.pairs, generator=gen)
     return features, target, pairs
 
 

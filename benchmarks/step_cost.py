@@ -161,8 +161,7 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
     # Parts of the extra work, timed alone.
     def pairs_fn():
         return sample_positive_pairs(box1.to(device), box2.to(device), size, size, image_size,
-                                     cfg.pairs.candidates, cfg.pairs.neighbours, cfg.pairs.num,
-                                     cfg.pairs.dist_thresh, torch.Generator(device=device).manual_seed(3))
+                                     cfg.pairs, torch.Generator(device=device).manual_seed(3))
 
     pairs = pairs_fn()
     with torch.no_grad(), autocast():

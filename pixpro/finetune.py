@@ -255,8 +255,9 @@ def label_efficiency(init_backbone: Callable[[], nn.Module], dim: int, train_row
             log(f"{name} {fraction_percent(fraction)}%: reused from the interrupted run, mIoU {done.miou:.4f}")
             results.append(done)
             continue
-        torch.manual_seed(seed)  # classifier init: the same for both backbones
-        model = Segmenter(init_backbone(), dim, classes.num_classes).to(device)
+        backbone = init_backbone()
+        torch.manual_seed(seed)  # after the backbone is built: the same classifier init for both backbones
+        model = Segmenter(backbone, dim, classes.num_classes).to(device)
         # One stream per fraction, from seed alone: both backbones see identical crops.
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
         loss, skipped = train_segmenter(model, train_rows, subsets[fraction], image_size, cfg, generator,

@@ -14,6 +14,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from pixpro.config import PairsConfig
+
 
 class PixelPairs(NamedTuple):
     """Positive pixel pairs of a batch; P = pairs.num slots per image, some may be empty."""
@@ -78,22 +80,22 @@ def sample_positive_pairs(
     size1: tuple[int, int],
     size2: tuple[int, int],
     image_size: tuple[int, int],
-    candidates: int,
-    neighbours: int,
-    num: int,
-    dist_thresh: float = 0.7,
+    sampling: PairsConfig,
     generator: Optional[torch.Generator] = None,
 ) -> PixelPairs:
     """Draw positive pixel pairs between view 1 (size1) and view 2 (size2) of each image.
 
+    The budgets come from `sampling` (candidates, neighbours, num, dist_thresh):
     1. `candidates` view-1 pixels inside the views' intersection, without replacement.
     2. Each candidate's centre is projected analytically into view 2; only the few view-2 pixels
        around that point are tested, so the cost is O(candidates x window), never O(pixels^2).
        A pair is positive when its centre distance < dist_thresh x the larger bin diagonal.
     3. At most `neighbours` positives per candidate, then `num` pairs per image, at random.
 
-    boxes1, boxes2: (B, 4) float. Returns PixelPairs with P = num.
+    boxes1, boxes2: (B, 4) float. Returns PixelPairs with P = sampling.num.
     """
+    candidates, neighbours, num = sampling.candidates, sampling.neighbours, sampling.num
+    dist_thresh = sampling.dist_thresh
     batch = boxes1.shape[0]
     boxes1, boxes2 = boxes1.float(), boxes2.float()
     h2, w2 = size2

@@ -11,7 +11,10 @@ from pixpro.config import OptimConfig
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratio (You et al. 2017).
 
-    Groups with `lars_exclude=True` (BN, bias) use plain SGD with momentum, no weight decay.
+    The trust ratio is PixPro's official one, eta * |w| / |g + wd * w| (decay added first), not
+    the paper's and timm's eta * |w| / (|g| + wd * |w|); the two agree without weight decay
+    (tests/test_optim.py checks both against timm.optim.Lars). Groups with `lars_exclude=True`
+    (BN, bias) use plain SGD with momentum, no weight decay.
     """
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,

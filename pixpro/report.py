@@ -61,6 +61,16 @@ def finetune_table(finetune: dict[str, dict]) -> pd.DataFrame:
     return with_gain(pd.DataFrame.from_dict(rows, orient="index", columns=list(BACKBONES)))
 
 
+def finetune_curves(finetune: dict[str, dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """{backbone: (labelled fractions, mIoUs)} from the metrics' miou_<p>pct keys, p ascending."""
+    curves = {}
+    for backbone, metrics in finetune.items():
+        points = sorted((int(k[len("miou_"):-len("pct")]) / 100, v) for k, v in metrics.items()
+                        if k.startswith("miou_") and k.endswith("pct"))
+        curves[backbone] = ([p for p, _ in points], [v for _, v in points])
+    return curves
+
+
 def summary_markdown(segmentation_dir: Path, retrieval_dir: Path, finetune_dir: Path | None = None) -> str:
     segmentation, retrieval = read_metrics(segmentation_dir), read_metrics(retrieval_dir)
     overall = overall_table(segmentation, retrieval)

@@ -8,7 +8,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -424,15 +424,14 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: ViewPa
     generator.manual_seed(int(np.random.SeedSequence([params.seed, step, rank]).generate_state(1)[0]))
     box1, box2 = batch.box1.to(device), batch.box2.to(device)
     size = tuple(cfg.views.size)
-    pairs = sample_positive_pairs(box1, box2, size, size, image_size, cfg.pairs.candidates, cfg.pairs.neighbours,
-                                  cfg.pairs.num, cfg.pairs.dist_thresh, generator)
+    pairs = sample_positive_pairs(box1, box2, size, size, image_size, cfg.pairs, generator)
     coarse_pairs = None
     if cfg.loss.coarse > 0:
         # Every bin of the pooled view is a candidate: the pooled map is small (e.g. 8 x 16).
         coarse = (size[0] // cfg.loss.coarse_stride, size[1] // cfg.loss.coarse_stride)
         bins = coarse[0] * coarse[1]
-        coarse_pairs = sample_positive_pairs(box1, box2, coarse, coarse, image_size, bins, cfg.pairs.neighbours,
-                                             bins, cfg.pairs.dist_thresh, generator)
+        coarse_pairs = sample_positive_pairs(box1, box2, coarse, coarse, image_size,
+                                             replace(cfg.pairs, candidates=bins, num=bins), generator)
     with autocast:
         terms = model(view1, view2, pairs, pair_normaliser(pairs.valid), coarse_pairs, diagnose)
     optimizer.zero_grad(set_to_none=True)

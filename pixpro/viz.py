@@ -57,6 +57,26 @@ def plot_confusion(conf: np.ndarray, names: list[str], path: Path, title: str) -
     save_figure(fig, path)
 
 
+def plot_label_efficiency(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> None:
+    """mIoU against the labelled fraction (log x axis), one line per backbone:
+    curves = {backbone: (fractions, mious)}."""
+    fig = new_figure(5.0, 3.4)
+    ax = fig.subplots()
+    for name, (fractions, mious) in curves.items():
+        ax.plot(fractions, mious, marker="o", label=name)
+    ax.set_xscale("log")
+    fractions = sorted({f for xs, _ in curves.values() for f in xs})
+    ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled train images")
+    ax.set_ylabel("val mIoU")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def _mark(ax, pixel: int, width: int, colour: str = "red") -> None:
     ax.plot(pixel % width, pixel // width, marker="o", markersize=9, markerfacecolor="none",
             markeredgecolor=colour, markeredgewidth=2)

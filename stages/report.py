@@ -17,6 +17,7 @@ def main(
     finetune: Optional[Path] = typer.Option(None, help="Folder of fine-tuning metrics (the label-efficiency table); "
                                              "left out of the summary when not given."),
     out: Path = typer.Option(Path("reports/summary.md"), help="Markdown summary to write."),
+    plots: Optional[Path] = typer.Option(None, help="Folder for the label-efficiency picture (with --finetune)."),
 ) -> None:
     """Tabulate pretrained vs random, overall, per class and per labelled fraction, with the gain."""
     from pixpro.io import atomic_write_text
@@ -24,4 +25,10 @@ def main(
 
     text = summary_markdown(segmentation, retrieval, finetune)
     atomic_write_text(out, text)
+    if finetune is not None and plots is not None:
+        from pixpro.report import finetune_curves, read_metrics
+        from pixpro.viz import plot_label_efficiency
+
+        plot_label_efficiency(finetune_curves(read_metrics(finetune)), plots / "label_efficiency.png",
+                              "fine-tuned end to end on a share of the labels")
     err_console.print(text)

@@ -48,9 +48,7 @@ def main(
     item = dataset[(epoch, image)]
     size = tuple(cfg.pretrain.views.size)
     found = sample_positive_pairs(item.box1[None], item.box2[None], size, size, tuple(cfg.data.size),
-                                  cfg.pretrain.pairs.candidates, cfg.pretrain.pairs.neighbours,
-                                  cfg.pretrain.pairs.num, cfg.pretrain.pairs.dist_thresh,
-                                  torch.Generator().manual_seed(cfg.seed))
+                                  cfg.pretrain.pairs, torch.Generator().manual_seed(cfg.seed))
     keep = found.valid[0].nonzero().squeeze(1)[:pairs]
     index1, index2 = found.index1[0, keep], found.index2[0, keep]
     width = size[1]

@@ -248,3 +248,39 @@ def test_metrics_dict_names_keys_by_rounded_percent():
     results = [FractionResult(0.05, 10, 0.3, 0.8, 1.0, 0), FractionResult(1.0, 200, 0.5, 0.9, 0.5, 0)]
     assert metrics_dict(results) == {"miou_5pct": 0.3, "miou_100pct": 0.5, "labelled_images_5pct": 10,
                                      "labelled_images_100pct": 200}
+
+
+def test_report_draws_the_label_efficiency_curve_in_fraction_order(tmp_path):
+    from pixpro.report import finetune_curves
+    from pixpro.viz import plot_label_efficiency
+
+    metrics = {"pretrained": {"miou_100pct": 0.5, "miou_5pct": 0.3, "labelled_images_5pct": 10},
+               "random": {"miou_5pct": 0.2, "miou_100pct": 0.45}}
+    curves = finetune_curves(metrics)
+    assert curves == {"pretrained": ([0.05, 1.0], [0.3, 0.5]), "random": ([0.05, 1.0], [0.2, 0.45])}
+    plot_label_efficiency(curves, tmp_path / "curve.png", "test")
+    assert Image.open(tmp_path / "curve.png").size[0] > 300
+
+
+def test_both_backbones_start_from_the_same_classifier(tmp_path, monkeypatch):
+    # Loading a pretrained file builds the architecture twice (random init, then the saved
+    # config), so the global RNG differs afterwards; the classifier must not depend on that.
+    import pixpro.finetune as finetune
+    from tests.test_evaluation import save_backbone_file
+
+    params = make_eval_params()
+    checkpoint = save_backbone_file(tmp_path / "backbone.pt", params)
+    seen = {}
+
+    def capture(model, *args, **kwargs):
+        seen.setdefault("weights", []).append(model.classifier.weight.detach().clone())
+        raise StopIteration  # enough: training is not needed to see the init
+
+    monkeypatch.setattr(finetune, "train_segmenter", capture)
+    rows = pd.DataFrame({"image": ["unused"] * 4, "mask": ["unused"] * 4})
+    for kind in ("pretrained", "random"):
+        with pytest.raises(StopIteration):
+            label_efficiency(lambda: init_backbone(kind, params, checkpoint), params.pretrain.backbone.dim, rows,
+                             rows, (32, 64), params.finetune, params.seed, TwoClasses, CPU,
+                             ResultStore(tmp_path / f"{kind}.json", {}), kind, log=lambda _: None)
+    assert torch.equal(seen["weights"][0], seen["weights"][1])

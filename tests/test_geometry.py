@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from pixpro.config import PairsConfig
 from pixpro.geometry import (bin_diagonal, intersection_mask, pixel_centres, sample_positive_pairs,
                              window_indices)
 
@@ -15,8 +16,8 @@ FLIPPED = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
 def all_pairs(box1, box2, size1, size2, image_size=(8, 8), thresh=0.7, neighbours=64):
     """Sample with budgets large enough to return every positive pair, as a set."""
     pixels = size1[0] * size1[1]
-    pairs = sample_positive_pairs(box1, box2, size1, size2, image_size, candidates=pixels,
-                                  neighbours=neighbours, num=pixels * neighbours, dist_thresh=thresh,
+    sampling = PairsConfig(candidates=pixels, neighbours=neighbours, num=pixels * neighbours, dist_thresh=thresh)
+    pairs = sample_positive_pairs(box1, box2, size1, size2, image_size, sampling,
                                   generator=torch.Generator().manual_seed(0))
     found = set()
     for b in range(box1.shape[0]):
@@ -89,8 +90,9 @@ def test_threshold_uses_the_larger_bin_diagonal():
 def test_budgets_are_respected_and_pairs_are_unique():
     boxes1 = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.9, 0.7]])
     boxes2 = torch.tensor([[0.2, 0.3, 0.8, 0.9], [0.0, 0.6, 1.0, 0.0]])
-    pairs = sample_positive_pairs(boxes1, boxes2, (16, 16), (16, 16), (64, 64), candidates=20,
-                                  neighbours=2, num=30, generator=torch.Generator().manual_seed(1))
+    pairs = sample_positive_pairs(boxes1, boxes2, (16, 16), (16, 16), (64, 64),
+                                  PairsConfig(candidates=20, neighbours=2, num=30),
+                                  generator=torch.Generator().manual_seed(1))
     assert pairs.index1.shape == (2, 30)
     for b in range(2):
         valid = pairs.valid[b]
@@ -103,7 +105,8 @@ def test_budgets_are_respected_and_pairs_are_unique():
 def test_pairs_are_reproducible_from_the_generator():
     boxes1 = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
     boxes2 = torch.tensor([[0.2, 0.3, 0.8, 0.9]])
-    run = lambda seed: sample_positive_pairs(boxes1, boxes2, (16, 16), (16, 16), (64, 64), 50, 3, 40,  # noqa: E731
+    sampling = PairsConfig(candidates=50, neighbours=3, num=40)
+    run = lambda seed: sample_positive_pairs(boxes1, boxes2, (16, 16), (16, 16), (64, 64), sampling,  # noqa: E731
                                              generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(3).index2, run(3).index2)
     assert not torch.equal(run(3).index2, run(4).index2)
@@ -114,7 +117,8 @@ def test_every_returned_pair_is_within_threshold():
     boxes1 = torch.tensor([[0.05, 0.1, 0.95, 0.8], [0.0, 0.9, 0.6, 0.2]])
     boxes2 = torch.tensor([[0.3, 0.0, 1.0, 0.5], [0.1, 0.1, 0.9, 0.95]])
     size1, size2, image = (12, 20), (16, 8), (100, 200)
-    pairs = sample_positive_pairs(boxes1, boxes2, size1, size2, image, 500, 50, 5000,
+    pairs = sample_positive_pairs(boxes1, boxes2, size1, size2, image,
+                                  PairsConfig(candidates=500, neighbours=50, num=5000),
                                   generator=torch.Generator().manual_seed(0))
     y1, x1 = pixel_centres(boxes1, size1, image)
     y2, x2 = pixel_centres(boxes2, size2, image)

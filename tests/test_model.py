@@ -182,7 +182,8 @@ def test_loss_decreases_on_a_tiny_batch():
     view2 = view2 + 0.1 * torch.randn_like(view2)
     losses = []
     for step in range(40):
-        pairs = sample_positive_pairs(box1, box2, (8, 12), (8, 12), (16, 24), 32, 2, 24,
+        pairs = sample_positive_pairs(box1, box2, (8, 12), (8, 12), (16, 24),
+                                      PairsConfig(candidates=32, neighbours=2, num=24),
                                       generator=torch.Generator().manual_seed(step))
         loss = model(view1, view2, pairs).total
         optimizer.zero_grad()
