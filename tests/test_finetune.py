@@ -217,7 +217,10 @@ def test_stage_writes_the_contracted_keys_for_both_backbones_on_the_same_images(
     for m in metrics.values():
         assert set(m) == {"miou_50pct", "miou_100pct", "labelled_images_50pct", "labelled_images_100pct"}
         assert all(0 <= m[k] <= 1 for k in ("miou_50pct", "miou_100pct"))
-    assert metrics["pretrained"] != metrics["random"]  # different starting weights, different scores
+    # Different starting weights train differently (after 3 tiny steps both may still score 0).
+    losses = {b: json.loads((tmp_path / b / "resume.json").read_text())["results"]["1.0"]["final_loss"]
+              for b in metrics}
+    assert losses["pretrained"] != losses["random"]
     table = finetune_table(metrics)
     assert list(table.index) == ["50% of the labels (2 images)", "100% of the labels (4 images)"]
     assert table.loc["50% of the labels (2 images)", "gain"] == pytest.approx(

@@ -19,7 +19,7 @@ from tests.test_evaluation import _env, _lock_stages, _run, tiny_pipeline_repo
 
 ALL_STAGES = {
     "prepare", "pretrain", "report",
-    *(f"{stage}@{name}" for stage in ("extract", "probe", "evaluate", "retrieval")
+    *(f"{stage}@{name}" for stage in ("extract", "probe", "evaluate", "retrieval", "finetune")
       for name in ("pretrained", "random")),
 }
 # Killed while this stage's command runs: its own inputs (prepare, pretrain, extract@ and
@@ -85,7 +85,7 @@ def test_killed_repro_reruns_only_unfinished_stages_and_leaves_nothing_half_writ
     repo = tiny_pipeline_repo(tmp_path)
     assert set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]) == {"prepare", "pretrain", "extract",
                                                                              "probe", "evaluate", "retrieval",
-                                                                             "report"}
+                                                                             "finetune", "report"}
 
     # 1. Start `dvc repro` in its own process group and SIGKILL the whole group (dvc, the shell
     #    and the stage's Python process) while the killed stage's command is running.
