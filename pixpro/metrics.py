@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = 255
+from pixpro.data.classes import IGNORE as IGNORE_INDEX  # one definition of the ignore label
 
 __all__ = [
     "IGNORE_INDEX",
