@@ -16,8 +16,11 @@ from pixpro.config import params_from_dict
 from pixpro.data.prepare import run_prepare
 from tests.conftest import TINY_PRETRAIN, VENV_BIN, tiny_params
 
-# Long enough (400 steps of a few ms) that a kill lands mid-run.
-OVERRIDES = {**TINY_PRETRAIN, "pretrain.epochs": 200, "pretrain.checkpoint_every": 5, "pretrain.log_every": 5}
+# Long enough (400 steps, ~45 s in all on 2 busy cores) that a kill lands mid-run. One thread:
+# with the default 2, a core taken by other work made OpenMP's spinning threads over 6x slower
+# (a 300 s timeout hit in a full suite next to another job).
+OVERRIDES = {**TINY_PRETRAIN, "threads": 1, "pretrain.epochs": 200, "pretrain.checkpoint_every": 5,
+             "pretrain.log_every": 5}
 
 
 @pytest.fixture(scope="module")
