@@ -64,6 +64,32 @@ def deep_merge(base, override):
     return override
 
 
+def snapshot(repo: Path, params: dict | None = None, rev: str | None = None) -> None:
+    """Fill the empty folder `repo` with this repository's working tree (tracked files plus the
+    untracked-but-not-ignored ones) or, with `rev`, that git revision; write `params` as its
+    params.yaml when given; and commit it all as a new git repository's first commit."""
+    if rev:
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(repo)], input=archive, check=True)
+    else:
+        copy_tree(git_files(ROOT), ROOT, repo)
+    if params is not None:
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-q", "-m", "benchmark snapshot"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+
+
+def copy_env(repo: Path, threads: int | None = None) -> dict[str, str]:
+    """The environment to run `dvc` and `pixpro` in the copy `repo`: the project's .venv first on
+    PATH, the copy's code first on PYTHONPATH, no DVC analytics; OMP/MKL threads when given."""
+    env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(repo), "DVC_NO_ANALYTICS": "1"}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
 def topological(stages: list[str], dot: str) -> list[str]:
     """Stages in `stages` order, each after every stage it depends on."""
     edges = re.findall(r'"([^"]+)"\s*->\s*"([^"]+)"', dot)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from pipeline import copy_tree, deep_merge, git_files  # noqa: E402
+from pipeline import copy_env, deep_merge, snapshot  # noqa: E402
 
 COLUMNS = ["setting", "seed", "pretrained_miou", "random_miou", "gain", "pretrained_knn_miou", "random_knn_miou",
            "knn_gain", "pretrained_p1", "random_p1", "partner_gap", "feature_std", "effective_rank",
@@ -78,11 +77,7 @@ def main() -> None:
             parser.error(f"setting {name}: {text!r} is not a YAML mapping")
 
     tmp = Path(tempfile.mkdtemp(prefix="pixpro_seeds_"))
-    if args.rev:
-        archive = subprocess.run(["git", "archive", args.rev], cwd=ROOT, check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
-    else:
-        copy_tree(git_files(ROOT), ROOT, tmp)
+    snapshot(tmp, rev=args.rev)
     base = yaml.safe_load((tmp / "params.yaml").read_text())
     if args.base:
         base = deep_merge(base, yaml.safe_load(args.base.read_text()) or {})
@@ -95,12 +90,7 @@ def main() -> None:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
         base = deep_merge(base, override)
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-q", "-m", "snapshot"]):
-        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               DVC_NO_ANALYTICS="1", PYTHONPATH=str(tmp),
-               PATH=f"{ROOT / '.venv/bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = copy_env(tmp, args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     new_file = not args.out.is_file()
     print(f"copy: {tmp}; {len(settings)} settings x {len(args.seeds)} seeds; threads {args.threads}", flush=True)

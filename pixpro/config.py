@@ -108,6 +108,14 @@ class BackboneConfig:
         """Input sides must be divisible by this."""
         return 32 if self.arch == "smp_unet" else 2 ** (len(self.widths) - 1)
 
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        """Channels of each decoder stage's output, coarse to fine; the last is the full-resolution
+        output (`dim`). Stage l of `probe.layers` is entry l - 1."""
+        if self.arch == "smp_unet":
+            return (*self.decoder_channels, self.dim)
+        return (*self.widths[::-1][1:], self.dim)
+
 
 @dataclass(frozen=True)
 class ViewsConfig:
@@ -286,6 +294,7 @@ class ExtractConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
+    layers: tuple[int, ...] = (-1,)
     weight_decay: float = 1e-4
     class_weighting: Literal["none", "balanced"] = "none"
     max_iter: int = 300
@@ -295,6 +304,7 @@ class ProbeConfig:
         _require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
         _require(self.max_iter >= 1, f"{key}.max_iter", "must be >= 1")
         _require(self.tolerance > 0, f"{key}.tolerance", "must be > 0")
+        _require(len(self.layers) >= 1, f"{key}.layers", "needs at least one decoder stage")
 
 
 @dataclass(frozen=True)
@@ -383,11 +393,23 @@ class Params:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
+    @property
+    def probe_stages(self) -> tuple[int, ...]:
+        """probe.layers as decoder stage numbers 1 (coarsest) .. N (the output), negatives resolved."""
+        stages = len(self.pretrain.backbone.stage_channels)
+        return tuple(layer if layer > 0 else stages + 1 + layer for layer in self.probe.layers)
+
     def validate(self, key: str = "") -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")
         _require(self.threads >= 1, "threads", "must be >= 1")
         for section in ("data", "pretrain", "extract", "probe", "evaluate", "retrieval", "finetune"):
             getattr(self, section).validate(section)
+        stages = len(self.pretrain.backbone.stage_channels)
+        _require(all(1 <= abs(layer) <= stages for layer in self.probe.layers), "probe.layers",
+                 f"= {list(self.probe.layers)} must name decoder stages 1 (coarsest) .. {stages} (the "
+                 f"full-resolution output), or -1 (the output) .. -{stages}, of {self.pretrain.backbone.arch}")
+        _require(len(set(self.probe_stages)) == len(self.probe.layers), "probe.layers",
+                 f"= {list(self.probe.layers)} names a stage twice")
         step = self.pretrain.backbone.downsampling
         _require(all(s % step == 0 for s in self.finetune.crop_size), "finetune.crop_size",
                  f"= {list(self.finetune.crop_size)} must be divisible by {step} for {self.pretrain.backbone.arch}")

@@ -25,14 +25,70 @@ from pixpro.data.classes import IGNORE
 from pixpro.data.manifest import load_manifest
 from pixpro.data.views import load_image_tensor, normalize
 from pixpro.errors import CheckpointError, DataError
-from pixpro.model.backbone import build_backbone
+from pixpro.model.backbone import ClassicUNet, SmpUNet, build_backbone
 from pixpro.progress import progress_bar
 
 
 def frozen_backbone_on_device(kind: str, params: Params, checkpoint: Path) -> tuple[nn.Module, torch.device]:
-    """load_frozen_backbone on CUDA when present, else the CPU; and that device."""
+    """load_frozen_backbone on CUDA when present, else the CPU; and that device. Its output is the
+    decoder stages of `probe.layers` (DecoderStages) unless that is the last stage alone."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return load_frozen_backbone(kind, params, checkpoint).to(device), device
+    model = load_frozen_backbone(kind, params, checkpoint)
+    if params.probe_stages != (len(params.pretrain.backbone.stage_channels),):
+        model = DecoderStages(model, params.probe_stages)
+    return model.to(device), device
+
+
+def probe_feature_dim(params: Params) -> int:
+    """Channels of the frozen features the bank, probe and retrieval see: the sum over `probe.layers`."""
+    channels = params.pretrain.backbone.stage_channels
+    return sum(channels[stage - 1] for stage in params.probe_stages)
+
+
+def decoder_stage_modules(backbone: nn.Module) -> list[nn.Module]:
+    """The modules whose outputs are the decoder stages, coarse to fine (BackboneConfig.stage_channels)."""
+    if isinstance(backbone, SmpUNet):
+        return list(backbone.decoder.blocks)
+    if isinstance(backbone, ClassicUNet):
+        return [*backbone.merge, backbone.head]
+    raise TypeError(f"no decoder stages known for {type(backbone).__name__}")
+
+
+class DecoderStages(nn.Module):
+    """A backbone whose output is several decoder stages at input resolution:
+    (B, 3, H, W) -> (B, sum of the stages' channels, H, W).
+
+    Each stage is upsampled bilinearly to (H, W) and L2-normalised on its own, so a wide coarse
+    stage does not outweigh a narrow fine one; the concatenation is scaled by 1/sqrt(L), which keeps
+    every pixel's vector at unit length, as the single-stage features are (see the module docstring).
+    """
+
+    def __init__(self, backbone: nn.Module, layers: tuple[int, ...]):
+        super().__init__()
+        self.backbone = backbone
+        self.layers = tuple(layers)
+        self._outputs: dict[int, Tensor] = {}
+        modules = decoder_stage_modules(backbone)
+        for layer in self.layers:
+            modules[layer - 1].register_forward_hook(self._keeper(layer))
+
+    def _keeper(self, layer: int):
+        def keep(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            self._outputs[layer] = output
+        return keep
+
+    def forward(self, images: Tensor) -> Tensor:
+        self._outputs.clear()
+        self.backbone(images)
+        size = images.shape[-2:]
+        maps = []
+        for layer in self.layers:
+            stage = self._outputs[layer].float()  # (B, C_l, H / s, W / s)
+            if stage.shape[-2:] != size:
+                stage = F.interpolate(stage, size=size, mode="bilinear", align_corners=False)
+            maps.append(F.normalize(stage, dim=1))
+        self._outputs.clear()  # do not hold the stages' memory between batches
+        return torch.cat(maps, dim=1) / len(maps) ** 0.5
 
 
 def load_frozen_backbone(kind: str, params: Params, checkpoint: Path) -> nn.Module:

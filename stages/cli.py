@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from stages import (compare, evaluate, export, extract, finetune, prepare, pretrain, probe, report, retrieval,
@@ -30,12 +33,32 @@ app.command("compare")(compare.main)
 app.command("export")(export.main)
 
 
+# Commands restarted with pixpro's glibc malloc tunables (pixpro/allocator.py): those that the
+# restart measurably speeds up on CPU (benchmarks/allocator_stages.py; README, Benchmarks). The
+# others, and any `--help`, start once instead of twice.
+TUNED_COMMANDS = frozenset({"pretrain", "extract", "probe", "evaluate", "retrieval", "finetune"})
+MALLOC_MODES = ("auto", "tuned", "default")
+
+
+def wants_tuned_malloc(args: list[str], environ: dict[str, str]) -> bool:
+    """Whether `pixpro <args>` restarts itself with the tunables. PIXPRO_MALLOC: `auto` (unset) for
+    TUNED_COMMANDS only, `tuned` for every command, `default` for none."""
+    mode = environ.get("PIXPRO_MALLOC") or "auto"
+    if mode not in MALLOC_MODES:
+        raise SystemExit(f"PIXPRO_MALLOC={mode!r}: expected one of {', '.join(MALLOC_MODES)}")
+    if mode != "auto":
+        return mode == "tuned"
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    return command in TUNED_COMMANDS and not {"--help", "-h"} & set(args)
+
+
 def main() -> None:
     """Console entry point. Stage modules import torch & co. inside their commands, so each stage
     loads only what it uses and `--help` is instant."""
-    from pixpro.allocator import restart_with_tuned_malloc
+    if wants_tuned_malloc(sys.argv[1:], dict(os.environ)):
+        from pixpro.allocator import restart_with_tuned_malloc
 
-    restart_with_tuned_malloc()  # CPU steps reuse freed memory instead of faulting it in again
+        restart_with_tuned_malloc()  # CPU steps reuse freed memory instead of faulting it in again
     app()
 
 

@@ -28,7 +28,7 @@ def main(
     from pixpro.checkpoint import load_checkpoint
     from pixpro.data.classes import load_prepared_classes
     from pixpro.evaluate import evaluate_segmentation
-    from pixpro.features import frozen_backbone_on_device, split_rows
+    from pixpro.features import frozen_backbone_on_device, probe_feature_dim, split_rows
     from pixpro.io import atomic_write_json, atomic_write_text
     from pixpro.probe import probe_from_state
     from pixpro.viz import plot_confusion, plot_overlays
@@ -36,7 +36,7 @@ def main(
     cfg = load(params)
     classes = load_prepared_classes(data)
     model, device = frozen_backbone_on_device(backbone, cfg, checkpoint)
-    linear = probe_from_state(load_checkpoint(probe, "probe"), cfg.pretrain.backbone.dim, str(probe))
+    linear = probe_from_state(load_checkpoint(probe, "probe"), probe_feature_dim(cfg), str(probe))
     rows = split_rows(data, "val")
     result = evaluate_segmentation(model, linear, rows, cfg.evaluate.batch_size, device, predictions,
                                    cfg.evaluate.overlays, classes)

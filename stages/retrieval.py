@@ -26,7 +26,7 @@ def main(
     from PIL import Image
 
     from pixpro.data.classes import load_prepared_classes
-    from pixpro.features import frozen_backbone_on_device, load_bank, split_rows
+    from pixpro.features import frozen_backbone_on_device, load_bank, probe_feature_dim, split_rows
     from pixpro.io import atomic_write_json
     from pixpro.retrieval import run_retrieval
     from pixpro.viz import plot_retrieval
@@ -34,7 +34,7 @@ def main(
     cfg = load(params)
     classes = load_prepared_classes(data)
     model, device = frozen_backbone_on_device(backbone, cfg, checkpoint)
-    result = run_retrieval(model, load_bank(bank, cfg.pretrain.backbone.dim), split_rows(data, "val"),
+    result = run_retrieval(model, load_bank(bank, probe_feature_dim(cfg)), split_rows(data, "val"),
                            split_rows(data, "train"),
                            cfg.retrieval, cfg.seed, device, cfg.evaluate.batch_size, classes)
     names = list(classes.names)

@@ -4,7 +4,9 @@ objects) built from the repo's own, the tiny data prepared, and a copy of the wo
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
@@ -154,3 +156,115 @@ def tiny_tree(tmp_path, _tree_templates) -> Path:
 def tiny_tree_extra(tmp_path, _tree_templates) -> Path:
     """tiny_tree plus 2 unlabelled leftImg8bit/train_extra images."""
     return Path(shutil.copytree(_tree_templates["extra"], tmp_path / "cityscapes"))
+
+
+# --- helpers shared by several test modules ------------------------------------------------------
+
+# A three-class table in the CSV form `data.classes` accepts: two ids map to sky, one is ignored.
+THREE_CLASSES_CSV = """value,train_id,name,color
+0,255,void,
+10,0,road,#804080
+20,1,car,#00008e
+30,2,sky,
+40,2,sky,
+"""
+
+
+def tiny_pretrain_config(window: int = 3, **overrides: Any):
+    """A PretrainConfig of a 2-level classic UNet on 8 x 12 views, for model and loss unit tests."""
+    from pixpro.config import BackboneConfig, PairsConfig, PPMConfig, PretrainConfig, ProjectorConfig, ViewsConfig
+
+    return PretrainConfig(backbone=BackboneConfig(arch="unet", widths=(8, 16), dim=8), views=ViewsConfig(size=(8, 12)),
+                          pairs=PairsConfig(candidates=32, neighbours=2, num=24),
+                          ppm=PPMConfig(window=window), projector=ProjectorConfig(hidden=16, out=8), **overrides)
+
+
+def run_pretrain(params: Params, prepared: Path, folder: Path, **kwargs: Any):
+    """pixpro.train.pretrain writing into `folder`; returns (its result, the log lines)."""
+    from pixpro import train
+
+    logs: list[str] = []
+    result = train.pretrain(params, prepared, folder / "backbone.pt", folder / "ckpt", folder / "live",
+                            log=logs.append, **kwargs)
+    return result, logs
+
+
+def backbone_state(folder: Path) -> dict:
+    """The backbone weights of `folder`/backbone.pt."""
+    import torch
+
+    return torch.load(folder / "backbone.pt", weights_only=False)["backbone"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def save_backbone_file(path: Path, params: Params) -> Path:
+    """A backbone file in the format `pixpro pretrain` writes (untrained weights)."""
+    import torch
+
+    from pixpro.checkpoint import save_checkpoint
+    from pixpro.model.pixpro import PixPro
+    from pixpro.train import export_backbone
+
+    torch.manual_seed(123)
+    save_checkpoint(path, export_backbone(PixPro(params.pretrain), params, step=0))
+    return path
+
+
+# The whole DVC pipeline in a temporary git copy of the repository, on tiny params.
+PIPELINE_PARAMS = {
+    "data.size": [32, 64],
+    "data.synthetic.train": 8,
+    "data.synthetic.val": 4,
+    "data.synthetic.cities": 2,
+    "data.synthetic.raw_size": [64, 128],
+    **TINY_PRETRAIN,
+    "pretrain.epochs": 1,
+    "pretrain.batch_size": 4,
+    "pretrain.log_every": 5,
+    "pretrain.views.size": [32, 64],
+    **TINY_EVAL,
+}
+
+
+def pipeline_env(repo: Path) -> dict[str, str]:
+    # PYTHONPATH: the stages run this copy's code, not the editable install's.
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
+            "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+
+
+def run_checked(cmd: list[str], repo: Path, timeout: float) -> subprocess.CompletedProcess:
+    """`cmd` in `repo` with pipeline_env; fails the test, with its output, unless it exits 0."""
+    proc = subprocess.run(cmd, check=False, cwd=repo, env=pipeline_env(repo), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def git_commit(repo: Path, message: str) -> None:
+    """Commit everything in `repo` (made a git repository first if it is not one)."""
+    git = ["git", "-c", "user.name=pixpro-tests", "-c", "user.email=tests@example.invalid",
+           "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]
+    if not (repo / ".git").exists():
+        run_checked([*git, "init", "-q"], repo, 30)
+    run_checked([*git, "add", "-A"], repo, 30)
+    run_checked([*git, "commit", "-q", "--allow-empty", "-m", message], repo, 30)
+
+
+def lock_stages(repo: Path) -> dict:
+    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+
+def tiny_pipeline_repo(tmp_path: Path) -> Path:
+    """A committed git copy of the working tree, with the tiny pipeline params and no dvc.lock."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    copy_repo(repo)
+    (repo / "dvc.lock").unlink(missing_ok=True)  # the main checkout's lock describes its own params
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(PIPELINE_PARAMS), sort_keys=False))
+    git_commit(repo, "copy for the test")
+    return repo

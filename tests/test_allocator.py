@@ -12,6 +12,7 @@ import pytest
 
 from pixpro import allocator
 from pixpro.allocator import TUNABLES, tuned_environment
+from stages.cli import wants_tuned_malloc
 from tests.conftest import REPO
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc tunables")
@@ -81,3 +82,39 @@ def test_a_failed_restart_runs_on_untuned(monkeypatch):
     assert allocator.restart_with_tuned_malloc() is None  # returns instead of raising
     assert attempts == [(sys.executable, list(sys.orig_argv), {"GLIBC_TUNABLES": "x"})]  # it did try
     assert dict(os.environ) == before  # and runs on in the environment it had
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["pretrain", "--params", "params.yaml"], True),
+    (["finetune", "--backbone", "random"], True),
+    (["pretrain", "--help"], False),  # help text needs no second interpreter start
+    (["--help"], False),
+    ([], False),
+    (["report", "--out", "reports/summary.md"], False),
+    (["compare"], False),
+    (["export", "--checkpoint", "models/backbone.pt"], False),
+])
+def test_only_commands_the_tunables_speed_up_restart(args, expected):
+    assert wants_tuned_malloc(args, {}) is expected
+    assert wants_tuned_malloc(args, {"PIXPRO_MALLOC": "auto"}) is expected
+    assert wants_tuned_malloc(args, {"PIXPRO_MALLOC": "tuned"}) is True
+    assert wants_tuned_malloc(args, {"PIXPRO_MALLOC": "default"}) is False
+
+
+def test_an_unknown_malloc_mode_is_a_one_line_error():
+    with pytest.raises(SystemExit, match="PIXPRO_MALLOC='fast': expected one of auto, tuned, default"):
+        wants_tuned_malloc(["pretrain"], {"PIXPRO_MALLOC": "fast"})
+
+
+@glibc_only
+@pytest.mark.parametrize("command, restarted", [("report", False), ("probe", True)])
+def test_the_console_entry_restarts_only_tuned_commands(command, restarted):
+    # The child prints its GLIBC_TUNABLES from inside the command, after main() had its chance to restart.
+    code = (f"import sys; import stages.cli as cli; sys.argv = ['pixpro', {command!r}]\n"
+            "cli.app = lambda: print('TUNABLES=' + __import__('os').environ.get('GLIBC_TUNABLES', ''))\n"
+            "cli.main()")
+    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "PIXPRO_MALLOC")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         check=True, env=environ)
+    line = [x for x in out.stdout.splitlines() if x.startswith("TUNABLES=")][-1]
+    assert ("glibc.malloc.mmap_max=0" in line) is restarted

@@ -12,14 +12,8 @@ from pixpro.data.classes import (IGNORE, default_colors, load_class_table, load_
                                  write_prepared_classes)
 from pixpro.errors import ConfigError, DataError
 from pixpro.label_viz import colorize_train_ids
+from tests.conftest import THREE_CLASSES_CSV
 
-THREE = """value,train_id,name,color
-0,255,void,
-10,0,road,#804080
-20,1,car,#00008e
-30,2,sky,
-40,2,sky,
-"""
 
 
 def write_table(tmp_path: Path, text: str, name: str = "classes.csv") -> Path:
@@ -48,7 +42,7 @@ def test_idd_lite_table_has_seven_classes_and_void():
 
 
 def test_csv_table_maps_values_names_and_colours(tmp_path):
-    table = load_class_table(str(write_table(tmp_path, THREE)))
+    table = load_class_table(str(write_table(tmp_path, THREE_CLASSES_CSV)))
     assert table.num_classes == 3 and table.names == ("road", "car", "sky")
     assert table.lut[[0, 10, 20, 30, 40]].tolist() == [IGNORE, 0, 1, 2, 2]  # several values, one class
     assert tuple(table.colors[0]) == (128, 64, 128) and tuple(table.colors[1]) == (0, 0, 142)
@@ -65,7 +59,7 @@ def test_csv_table_without_color_column_gets_distinct_colours(tmp_path):
 
 
 def test_label_value_missing_from_the_table_names_the_file_and_value(tmp_path):
-    table = load_class_table(str(write_table(tmp_path, THREE)))
+    table = load_class_table(str(write_table(tmp_path, THREE_CLASSES_CSV)))
     with pytest.raises(DataError, match=r"label .*a_label\.png has value 25, which is not listed in class "
                                          r"table .*classes\.csv"):
         table.train_ids(np.array([[10, 25]], np.uint8), tmp_path / "a_label.png")
@@ -105,7 +99,7 @@ def test_unknown_table_name_lists_the_built_ins(tmp_path):
 
 
 def test_prepared_table_round_trips_names_and_colours(tmp_path):
-    table = load_class_table(str(write_table(tmp_path, THREE)))
+    table = load_class_table(str(write_table(tmp_path, THREE_CLASSES_CSV)))
     written = write_prepared_classes(table, tmp_path)
     assert written.read_text().splitlines()[0] == "train_id,name,color"
     prepared = load_prepared_classes(tmp_path)

@@ -366,7 +366,7 @@ def test_two_settings_by_two_seeds_match_their_metrics_files(tmp_path):
     # it with a pipe waits until the queue is empty.) The last run stays applied to the workspace,
     # which is how `pixpro compare` meets a workspace that repeats an experiment.
     from tests.conftest import copy_repo, tiny_params
-    from tests.test_evaluation import PIPELINE_PARAMS, _commit, _run
+    from tests.conftest import PIPELINE_PARAMS, git_commit, run_checked
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -377,20 +377,20 @@ def test_two_settings_by_two_seeds_match_their_metrics_files(tmp_path):
         metrics.unlink()
     params = tiny_params({**PIPELINE_PARAMS, **E2E_PARAMS})
     (repo / "params.yaml").write_text(yaml.safe_dump(copy.deepcopy(params), sort_keys=False))
-    _commit(repo, "copy for the test")
+    git_commit(repo, "copy for the test")
     for seed in (0, 1):
         for window in (3, 5):
-            _run(["dvc", "exp", "run", "-S", f"seed={seed}", "-S", f"pretrain.ppm.window={window}"], repo,
+            run_checked(["dvc", "exp", "run", "-S", f"seed={seed}", "-S", f"pretrain.ppm.window={window}"], repo,
                  timeout=600)
 
     out = tmp_path / "reports"
-    result = _run(["pixpro", "compare", "--out-dir", str(out), "--baseline", "pretrain.ppm.window=3"], repo,
+    result = run_checked(["pixpro", "compare", "--out-dir", str(out), "--baseline", "pretrain.ppm.window=3"], repo,
                   timeout=300)
     assert "left out 1" in result.stderr and "main (no metrics)" in result.stderr, result.stderr
     assert "counted once" in result.stderr and "workspace = " in result.stderr, result.stderr
 
     # The experiments' own files, read from their commits with git.
-    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, timeout=120).stdout)
+    shown = json.loads(run_checked(["dvc", "exp", "show", "--json"], repo, timeout=120).stdout)
     experiments = [exp for commit in shown for exp in commit.get("experiments") or []]
     assert len(experiments) == 4, experiments
     expected: dict[int, list[dict]] = {3: [], 5: []}

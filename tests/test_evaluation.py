@@ -6,8 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,6 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from pixpro.checkpoint import save_checkpoint
 from pixpro.config import ProbeConfig
 from pixpro.data.cityscapes import IGNORE, NUM_CLASSES
 from pixpro.data.classes import load_class_table
@@ -30,12 +27,11 @@ from pixpro.features import (
     split_rows,
 )
 from pixpro.metrics import confusion_matrix
-from pixpro.model.pixpro import PixPro
 from pixpro.probe import class_weights, fit_probe, probe_from_state, probe_state
 from pixpro.report import summary_markdown
 from pixpro.retrieval import run_retrieval, stratified_queries
-from pixpro.train import export_backbone
-from tests.conftest import TINY_EVAL, TINY_PRETRAIN, VENV_BIN, copy_repo, make_eval_params, tiny_params
+from tests.conftest import (git_commit, lock_stages, make_eval_params, run_checked, save_backbone_file,
+                            tiny_pipeline_repo)
 
 CPU = torch.device("cpu")
 CITYSCAPES = load_class_table("cityscapes")
@@ -44,13 +40,6 @@ CITYSCAPES = load_class_table("cityscapes")
 @pytest.fixture(scope="module")
 def random_backbone(tmp_path_factory):
     return load_frozen_backbone("random", make_eval_params(), tmp_path_factory.mktemp("nothing") / "absent.pt")
-
-
-def save_backbone_file(path: Path, params) -> Path:
-    """A backbone file in the format `pixpro pretrain` writes (untrained weights)."""
-    torch.manual_seed(123)
-    save_checkpoint(path, export_backbone(PixPro(params.pretrain), params, step=0))
-    return path
 
 
 # --- balanced_pixels ----------------------------------------------------------------------------
@@ -370,48 +359,9 @@ def test_summary_with_a_missing_metrics_file_is_a_data_error(tmp_path):
 
 # --- the whole DVC pipeline ---------------------------------------------------------------------
 
-PIPELINE_PARAMS = {
-    "data.size": [32, 64],
-    "data.synthetic.train": 8,
-    "data.synthetic.val": 4,
-    "data.synthetic.cities": 2,
-    "data.synthetic.raw_size": [64, 128],
-    **TINY_PRETRAIN,
-    "pretrain.epochs": 1,
-    "pretrain.batch_size": 4,
-    "pretrain.log_every": 5,
-    "pretrain.views.size": [32, 64],
-    **TINY_EVAL,
-}
 RANDOM_STAGES = ("extract@random", "probe@random", "evaluate@random", "retrieval@random", "finetune@random")
 PRETRAINED_STAGES = ("extract@pretrained", "probe@pretrained", "evaluate@pretrained", "retrieval@pretrained",
                      "finetune@pretrained")
-
-
-def _env(repo: Path) -> dict[str, str]:
-    # PYTHONPATH: the stages run this copy's code, not the editable install's.
-    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
-            "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-
-
-def _run(cmd: list[str], repo: Path, timeout: float) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, check=False, cwd=repo, env=_env(repo), capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def _commit(repo: Path, message: str) -> None:
-    git = ["git", "-c", "user.name=pixpro-tests", "-c", "user.email=tests@example.invalid",
-           "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]
-    if not (repo / ".git").exists():
-        _run([*git, "init", "-q"], repo, 30)
-    _run([*git, "add", "-A"], repo, 30)
-    _run([*git, "commit", "-q", "--allow-empty", "-m", message], repo, 30)
-
-
-def _lock_stages(repo: Path) -> dict:
-    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
 
 
 def _find_key(tree, key: str) -> list:
@@ -428,21 +378,10 @@ def _find_key(tree, key: str) -> list:
     return found
 
 
-def tiny_pipeline_repo(tmp_path: Path) -> Path:
-    """A committed git copy of the working tree, with the tiny pipeline params and no dvc.lock."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    copy_repo(repo)
-    (repo / "dvc.lock").unlink(missing_ok=True)  # the main checkout's lock describes its own params
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(PIPELINE_PARAMS), sort_keys=False))
-    _commit(repo, "copy for the test")
-    return repo
-
-
 def test_whole_pipeline_and_an_experiment_in_a_copy_of_the_repo(tmp_path):
     repo = tiny_pipeline_repo(tmp_path)
 
-    _run(["dvc", "repro"], repo, timeout=600)
+    run_checked(["dvc", "repro"], repo, timeout=600)
     for name in ("pretrained", "random"):
         segmentation = json.loads((repo / "metrics" / "segmentation" / f"{name}.json").read_text())
         assert {"miou", "pixel_accuracy", "iou"} <= set(segmentation)
@@ -456,28 +395,28 @@ def test_whole_pipeline_and_an_experiment_in_a_copy_of_the_repo(tmp_path):
         assert {"miou_50pct", "miou_100pct"} <= set(finetune) and 0 <= finetune["miou_50pct"] <= 1
     summary = (repo / "reports" / "summary.md").read_text()
     assert "pretrained" in summary and "gain" in summary and "50% of the labels (4 images)" in summary
-    _commit(repo, "baseline results")
-    before = _lock_stages(repo)
+    git_commit(repo, "baseline results")
+    before = lock_stages(repo)
 
     # An experiment on a pretraining parameter reruns pretraining and the pretrained branch only.
-    exp = _run(["dvc", "exp", "run", "-S", "pretrain.ppm.window=5"], repo, timeout=600)
+    exp = run_checked(["dvc", "exp", "run", "-S", "pretrain.ppm.window=5"], repo, timeout=600)
     log = exp.stdout + exp.stderr
     assert "Running stage 'pretrain'" in log, log
     for stage in PRETRAINED_STAGES:
         assert f"Running stage '{stage}'" in log, log
     for stage in RANDOM_STAGES:
         assert f"Running stage '{stage}'" not in log, log
-    after = _lock_stages(repo)
+    after = lock_stages(repo)
     for stage in RANDOM_STAGES:
         assert after[stage] == before[stage], stage
     assert after["pretrain"] != before["pretrain"]
 
-    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, timeout=120).stdout)
+    shown = json.loads(run_checked(["dvc", "exp", "show", "--json"], repo, timeout=120).stdout)
     mious = [v for v in _find_key(shown, "miou") if isinstance(v, (int, float))]
     assert len(mious) >= 4, shown  # baseline and experiment, both backbones
 
     # The page a user opens: training curves, per-class IoU bars and the evaluation pictures.
-    _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots_html")], repo, timeout=120)
+    run_checked(["dvc", "plots", "show", "-o", str(tmp_path / "plots_html")], repo, timeout=120)
     page = (tmp_path / "plots_html" / "index.html").read_text()
     for expected in ("plots/metrics/train/loss.tsv", "Per-class IoU", "Class frequency (train)", "Label efficiency",
                      "plots/evaluate/pretrained/confusion.png", "plots/retrieval/random/query_0.png"):
@@ -489,7 +428,7 @@ def test_whole_pipeline_and_an_experiment_in_a_copy_of_the_repo(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["pretrain"]["ppm"]["gamma"] = 1.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dry = _run(["dvc", "repro", "--dry"], repo, timeout=120)
+    dry = run_checked(["dvc", "repro", "--dry"], repo, timeout=120)
     planned = dry.stdout + dry.stderr
     assert "Running stage 'pretrain'" in planned, planned
     for stage in (*RANDOM_STAGES, "prepare"):

@@ -197,7 +197,7 @@ def test_stage_writes_the_contracted_keys_for_both_backbones_on_the_same_images(
     import yaml
 
     from tests.conftest import TINY_EVAL, TINY_PRETRAIN
-    from tests.test_evaluation import save_backbone_file
+    from tests.conftest import save_backbone_file
 
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(tiny_params({**TINY_PRETRAIN, **TINY_EVAL}), sort_keys=False))
@@ -269,7 +269,7 @@ def test_both_backbones_start_from_the_same_classifier(tmp_path, monkeypatch):
     # Loading a pretrained file builds the architecture twice (random init, then the saved
     # config), so the global RNG differs afterwards; the classifier must not depend on that.
     import pixpro.finetune as finetune
-    from tests.test_evaluation import save_backbone_file
+    from tests.conftest import save_backbone_file
 
     params = make_eval_params()
     checkpoint = save_backbone_file(tmp_path / "backbone.pt", params)

@@ -22,14 +22,12 @@ from pixpro.evaluate import evaluate_segmentation
 from pixpro.features import load_frozen_backbone, split_rows
 from pixpro.train import pretraining_images
 from stages.cli import app
-from tests.conftest import TINY_EVAL, TINY_PRETRAIN, tiny_params
-from tests.test_classes import THREE
-from tests.test_evaluation import save_backbone_file
+from tests.conftest import THREE_CLASSES_CSV, TINY_EVAL, TINY_PRETRAIN, save_backbone_file, tiny_params
 
 RAW = (40, 80)  # raw (H, W); labels come in 8x8 blocks so they survive the nearest resize
 SIZE = (32, 64)
 COUNTS = {"train": 4, "val": 2, "test": 2}  # test: unlabelled, for pretraining only
-THREE_VALUES = [0, 10, 20, 30, 40]  # THREE's raw values: 0 is void, 30 and 40 are both sky
+THREE_VALUES = [0, 10, 20, 30, 40]  # THREE_CLASSES_CSV's raw values: 0 is void, 30 and 40 are both sky
 SEVEN_VALUES = [0, 1, 2, 3, 4, 5, 6, 255]  # idd_lite, 255 = void
 
 
@@ -61,7 +59,7 @@ def three_tree(tmp_path) -> Path:
 @pytest.fixture
 def three_csv(tmp_path) -> Path:
     path = tmp_path / "three.csv"
-    path.write_text(THREE)
+    path.write_text(THREE_CLASSES_CSV)
     return path
 
 
@@ -250,7 +248,7 @@ def test_whole_chain_gives_metrics_with_the_table_classes(table, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     if table == "three":
         root, spec = write_tree(tmp_path / "raw", THREE_VALUES), str(tmp_path / "three.csv")
-        (tmp_path / "three.csv").write_text(THREE)
+        (tmp_path / "three.csv").write_text(THREE_CLASSES_CSV)
     else:
         root, spec = write_tree(tmp_path / "raw", SEVEN_VALUES), "idd_lite"
     names = list(load_class_table(spec).names)

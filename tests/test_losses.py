@@ -13,8 +13,7 @@ from pixpro.errors import ConfigError
 from pixpro.geometry import PixelPairs
 from pixpro.losses import pixel_contrast_loss, pixpro_pair_loss
 from pixpro.model.pixpro import PixPro
-from tests.conftest import tiny_params
-from tests.test_model import tiny_config
+from tests.conftest import tiny_params, tiny_pretrain_config
 
 E1, E2, E3 = torch.eye(3)
 
@@ -89,7 +88,7 @@ def test_contrast_gradient_reaches_queries_only_and_normaliser_scales_it():
 
 def test_diagnostics_tell_a_collapsed_model_from_a_discriminative_one():
     torch.manual_seed(0)
-    model = PixPro(tiny_config())
+    model = PixPro(tiny_pretrain_config())
     batch, num, dim = 2, 12, 8
     index = torch.stack([torch.randperm(96)[:num] for _ in range(batch)])
     pairs = PixelPairs(index, index, torch.ones(batch, num, dtype=torch.bool), torch.full((batch,), num))
@@ -110,9 +109,9 @@ def test_diagnostics_tell_a_collapsed_model_from_a_discriminative_one():
 
 def test_loss_terms_follow_their_weights():
     torch.manual_seed(0)
-    both = PixPro(tiny_config(loss=LossConfig(consistency=1.0, contrast=0.5)))
+    both = PixPro(tiny_pretrain_config(loss=LossConfig(consistency=1.0, contrast=0.5)))
     torch.manual_seed(0)
-    only_pixpro = PixPro(tiny_config(loss=LossConfig(consistency=1.0, contrast=0.0)))  # same weights as `both`
+    only_pixpro = PixPro(tiny_pretrain_config(loss=LossConfig(consistency=1.0, contrast=0.0)))  # same weights as `both`
     views = torch.randn(2, 3, 8, 12), torch.randn(2, 3, 8, 12)
     index = torch.stack([torch.randperm(96)[:20] for _ in range(2)])
     pairs = PixelPairs(index, index, torch.ones(2, 20, dtype=torch.bool), torch.full((2,), 20))

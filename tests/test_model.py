@@ -6,20 +6,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pixpro.config import BackboneConfig, PairsConfig, PPMConfig, PretrainConfig, ProjectorConfig, ViewsConfig
+from pixpro.config import BackboneConfig, PairsConfig, PPMConfig
 from pixpro.geometry import PixelPairs, sample_positive_pairs
 from pixpro.losses import pixpro_pair_loss
 from pixpro.model.backbone import build_backbone
 from pixpro.model.heads import global_propagation, local_propagation
 from pixpro.model.pixpro import PixPro, gather_pixels
+from tests.conftest import tiny_pretrain_config
 
 TINY_UNET = BackboneConfig(arch="unet", widths=(8, 16), dim=8)
-
-
-def tiny_config(window=3, **overrides) -> PretrainConfig:
-    return PretrainConfig(backbone=TINY_UNET, views=ViewsConfig(size=(8, 12)),
-                          pairs=PairsConfig(candidates=32, neighbours=2, num=24),
-                          ppm=PPMConfig(window=window), projector=ProjectorConfig(hidden=16, out=8), **overrides)
 
 
 @pytest.mark.parametrize("arch", ["smp_unet", "unet"])
@@ -49,7 +44,7 @@ def test_local_propagation_matches_the_formula():
 
 def test_local_equals_global_when_the_window_covers_the_map():
     torch.manual_seed(0)
-    cfg_local = tiny_config(window=2 * 12 + 1)
+    cfg_local = tiny_pretrain_config(window=2 * 12 + 1)
     cfg_global = dataclasses.replace(cfg_local, ppm=PPMConfig(window=None))
     local_model, global_model = PixPro(cfg_local), PixPro(cfg_global)
     global_model.load_state_dict(local_model.state_dict())
@@ -67,7 +62,7 @@ def test_propagate_is_the_ppm_with_g_applied_to_every_pixel(layers, window):
     # propagate() applies a linear g() after the weighted sum; it must equal the PPM as defined:
     # y_i = sum_j max(cos(x_i, x_j), 0)^gamma g(x_j) over j in i's window (or the whole map).
     torch.manual_seed(0)
-    cfg = tiny_config(window=window or 3)
+    cfg = tiny_pretrain_config(window=window or 3)
     cfg = dataclasses.replace(cfg, ppm=dataclasses.replace(cfg.ppm, window=window, transform_layers=layers))
     model = PixPro(cfg).eval()  # eval: BN uses running statistics, so every pixel is projected alike
     features = torch.randn(1, 8, 5, 6)
@@ -89,7 +84,7 @@ def test_grouped_propagate_equals_each_view_propagated_alone(window):
     # forward() propagates both views in one call (one dense map gradient) with groups=2; the
     # projector's BatchNorm must still see each view's pixels alone, as two calls would.
     torch.manual_seed(0)
-    cfg = tiny_config(window=3)
+    cfg = tiny_pretrain_config(window=3)
     cfg = dataclasses.replace(cfg, ppm=dataclasses.replace(cfg.ppm, window=window, transform_layers=2))
     model = PixPro(cfg).train()
     features = torch.randn(4, 8, 6, 7)  # views 1 of two images, then their views 2
@@ -129,7 +124,7 @@ def test_bn_per_view_keeps_each_views_statistics_apart(per_view):
     # With bn_per_view, what either backbone or the target projector computes for view 1 must not
     # depend on view 2's images (BatchNorm in train mode otherwise pools the two views' statistics).
     torch.manual_seed(0)
-    model = PixPro(tiny_config(bn_per_view=per_view)).train()
+    model = PixPro(tiny_pretrain_config(bn_per_view=per_view)).train()
     captured = {}
     for name in ("backbone", "target_backbone"):
         getattr(model, name).register_forward_hook(
@@ -152,7 +147,7 @@ def test_bn_per_view_keeps_each_views_statistics_apart(per_view):
 
 def test_target_gets_no_gradient_and_follows_the_momentum_rule():
     torch.manual_seed(0)
-    model = PixPro(tiny_config())
+    model = PixPro(tiny_pretrain_config())
     views = torch.randn(2, 3, 8, 12), torch.randn(2, 3, 8, 12)
     loss = model(*views, identity_pairs(2, 96, 20)).total
     loss.backward()
@@ -171,7 +166,7 @@ def test_target_gets_no_gradient_and_follows_the_momentum_rule():
 
 def test_loss_decreases_on_a_tiny_batch():
     torch.manual_seed(0)
-    cfg = tiny_config()
+    cfg = tiny_pretrain_config()
     model = PixPro(cfg)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     image = torch.rand(4, 3, 16, 24)

@@ -21,8 +21,7 @@ from pixpro.errors import ConfigError
 from pixpro.launch import torchrun_arguments
 from pixpro.model.pixpro import PixPro
 from stages.cli import app
-from tests.conftest import REPO, TINY_PRETRAIN, VENV_BIN, make_params, tiny_params
-from tests.test_train import _free_port, backbone_state, run
+from tests.conftest import REPO, TINY_PRETRAIN, VENV_BIN, backbone_state, free_port, make_params, run_pretrain, tiny_params
 
 # 4 train images, 2 per process in a world of 2: one step per epoch. One thread per process.
 MULTINODE = {"threads": 1, "pretrain.batch_size": 4, "pretrain.epochs": 3, "pretrain.ddp_timeout_s": 60}
@@ -144,7 +143,7 @@ def test_cuda_means_the_gpu_of_the_local_rank():
 
 def test_two_nodes_match_one_node_with_two_processes(prepared, tmp_path, nodes):
     # Node a runs the stage's command, node b the torchrun line the README gives for the other nodes.
-    port = _free_port()
+    port = free_port()
     multi = write_params(tmp_path / "multi.yaml", **two_nodes(port))
     single = write_params(tmp_path / "single.yaml", **{"pretrain.nproc": 2})
     torchrun = [str(VENV_BIN / "torchrun"), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
@@ -175,7 +174,7 @@ def test_two_nodes_match_one_node_with_two_processes(prepared, tmp_path, nodes):
 
 
 def test_a_node_that_never_joins_stops_the_first_within_the_rendezvous_timeout(prepared, tmp_path, nodes):
-    params = write_params(tmp_path / "params.yaml", **two_nodes(_free_port(), **{"pretrain.ddp_timeout_s": 10}))
+    params = write_params(tmp_path / "params.yaml", **two_nodes(free_port(), **{"pretrain.ddp_timeout_s": 10}))
     started = time.monotonic()
     nodes.append(Node("a", stage_command(params, prepared, tmp_path / "a"), tmp_path))
     code = nodes[0].wait(timeout=120)
@@ -189,7 +188,7 @@ def test_a_node_that_never_joins_stops_the_first_within_the_rendezvous_timeout(p
 @pytest.mark.parametrize("victim", ["rank0", "other"])
 def test_a_node_that_dies_mid_run_stops_the_other(prepared, tmp_path, nodes, victim):
     # Enough epochs (one step each) to be sure the run is still going when a node is killed.
-    params = write_params(tmp_path / "params.yaml", **two_nodes(_free_port(), **{"pretrain.epochs": 1000}))
+    params = write_params(tmp_path / "params.yaml", **two_nodes(free_port(), **{"pretrain.epochs": 1000}))
     nodes += [Node(name, stage_command(params, prepared, tmp_path / name), tmp_path) for name in ("a", "b")]
     deadline = time.monotonic() + 170
     while not any(wrote(node) for node in nodes):  # rank 0 checkpoints every step (every epoch end)
@@ -226,14 +225,14 @@ def _resume_worker(rank: int, ports: list[int], prepared: str, root: str) -> Non
     results = []
     for port, name, stop_after in zip(ports, ("straight", "resumed", "resumed"), (None, 1, None)):
         os.environ["MASTER_PORT"] = str(port)
-        results.append(run(params, Path(prepared), Path(root) / name / f"node{rank}", stop_after=stop_after)[0])
+        results.append(run_pretrain(params, Path(prepared), Path(root) / name / f"node{rank}", stop_after=stop_after)[0])
     torch.save(results, Path(root) / f"results{rank}.pt")
 
 
 def test_every_node_resumes_from_rank_0s_checkpoint(prepared, tmp_path):
     # Node 1 has no checkpoint of its own (a node-local folder): it resumes the step rank 0 read,
     # with rank 0's weights, and the result equals the run that was never stopped.
-    mp.start_processes(_resume_worker, args=([_free_port() for _ in range(3)], str(prepared), str(tmp_path)),
+    mp.start_processes(_resume_worker, args=([free_port() for _ in range(3)], str(prepared), str(tmp_path)),
                        nprocs=2, start_method="spawn")
     for rank in (0, 1):
         stopped, resumed = torch.load(tmp_path / f"results{rank}.pt", weights_only=False)[1:]

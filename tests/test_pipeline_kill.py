@@ -15,7 +15,7 @@ import psutil  # a DVC dependency, so always in the project's environment
 import yaml
 from PIL import Image
 
-from tests.test_evaluation import _env, _lock_stages, _run, tiny_pipeline_repo
+from tests.conftest import lock_stages, pipeline_env, run_checked, tiny_pipeline_repo
 
 ALL_STAGES = {
     "prepare", "pretrain", "report",
@@ -78,7 +78,7 @@ def _output_mtimes(repo: Path, lock: dict, stages: set[str]) -> dict[str, int]:
 
 
 def _status(repo: Path) -> dict:
-    return json.loads(_run(["dvc", "status", "--json"], repo, timeout=120).stdout or "{}")
+    return json.loads(run_checked(["dvc", "status", "--json"], repo, timeout=120).stdout or "{}")
 
 
 def test_killed_repro_reruns_only_unfinished_stages_and_leaves_nothing_half_written(tmp_path):
@@ -91,7 +91,7 @@ def test_killed_repro_reruns_only_unfinished_stages_and_leaves_nothing_half_writ
     #    and the stage's Python process) while the killed stage's command is running.
     log_path = tmp_path / "killed-repro.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(["dvc", "repro"], cwd=repo, env=_env(repo), stdout=log,
+        process = subprocess.Popen(["dvc", "repro"], cwd=repo, env=pipeline_env(repo), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         root = psutil.Process(process.pid)
@@ -116,7 +116,7 @@ def test_killed_repro_reruns_only_unfinished_stages_and_leaves_nothing_half_writ
 
     # 2. What the kill left. dvc.lock records exactly the stages that finished; it names at least
     #    the killed stage's inputs, and not the killed stage or anything after it.
-    locked = _lock_stages(repo)
+    locked = lock_stages(repo)
     finished = set(locked)
     unfinished = ALL_STAGES - finished
     assert {"prepare", "pretrain", "extract@pretrained", "probe@pretrained"} <= finished, killed_log
@@ -145,14 +145,14 @@ def test_killed_repro_reruns_only_unfinished_stages_and_leaves_nothing_half_writ
     # 3. The rerun needs no clean-up first (DVC drops the killed process's entries from
     #    .dvc/tmp/rwlock itself, with a warning) and runs exactly the unfinished stages.
     rerun_started_ns = time.time_ns()
-    rerun = _run(["dvc", "repro"], repo, timeout=600)
+    rerun = run_checked(["dvc", "repro"], repo, timeout=600)
     rerun_log = rerun.stdout + rerun.stderr
     for stage in sorted(finished):
         assert f"Running stage '{stage}'" not in rerun_log, f"{stage} finished before the kill but reran:\n{rerun_log}"
         assert f"Stage '{stage}' didn't change, skipping" in rerun_log, rerun_log
     for stage in sorted(unfinished):
         assert f"Running stage '{stage}'" in rerun_log, f"{stage} was unfinished but not rerun:\n{rerun_log}"
-    after = _lock_stages(repo)
+    after = lock_stages(repo)
     assert set(after) == ALL_STAGES
     for stage in finished:
         assert after[stage] == locked[stage], stage  # same deps, params and output hashes as before the kill

@@ -28,8 +28,7 @@ from pixpro.probe import fit_probe, probe_from_state
 from pixpro.retrieval import run_retrieval
 from pixpro.train import pretrain
 from stages.cli import app
-from tests.conftest import REPO, TINY_EVAL, TINY_PRETRAIN, VENV_BIN, make_eval_params, tiny_params
-from tests.test_train import _free_port
+from tests.conftest import REPO, TINY_EVAL, TINY_PRETRAIN, VENV_BIN, free_port, make_eval_params, tiny_params
 
 CPU = torch.device("cpu")
 CITYSCAPES = load_class_table("cityscapes")
@@ -323,7 +322,7 @@ class FailingPeerRun:
         params = write_params(folder / "params.yaml", **{"pretrain.nproc": 2, "pretrain.ddp_timeout_s": 10,
                                                          "pretrain.batch_size": 4, "pretrain.epochs": 3,
                                                          "pretrain.checkpoint_every": 1})
-        port = _free_port()
+        port = free_port()
         self.started = time.monotonic()
         self.processes, self.logs = [], []
         for rank in range(2):

@@ -10,7 +10,6 @@ on the default data measures method plus data.
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from pixpro import retrieval as retrieval_module

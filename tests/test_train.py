@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +17,7 @@ from pixpro.errors import ConfigError, TrainingDiverged
 from pixpro.losses import pixpro_pair_loss
 from pixpro.model.pixpro import PixPro
 from pixpro.schedules import momentum_schedule, warmup_cosine
-from tests.conftest import make_params
-
-
-def run(params, prepared, folder, **kwargs):
-    logs: list[str] = []
-    result = train_module.pretrain(params, prepared, folder / "backbone.pt", folder / "ckpt", folder / "live",
-                                   log=logs.append, **kwargs)
-    return result, logs
-
-
-def backbone_state(folder):
-    return torch.load(folder / "backbone.pt", weights_only=False)["backbone"]
+from tests.conftest import backbone_state, free_port, make_params, run_pretrain
 
 
 def test_schedules_are_precomputed_with_the_right_shape():
@@ -42,7 +30,7 @@ def test_schedules_are_precomputed_with_the_right_shape():
 
 
 def test_pretrain_writes_a_rebuildable_backbone(prepared, tmp_path):
-    result, _ = run(make_params(), prepared, tmp_path)
+    result, _ = run_pretrain(make_params(), prepared, tmp_path)
     assert result.completed and result.steps == 4  # 4 train images, batch 2, 2 epochs
     saved = torch.load(tmp_path / "backbone.pt", weights_only=False)
     assert saved["backbone_config"]["widths"] == [4, 8]
@@ -52,10 +40,10 @@ def test_pretrain_writes_a_rebuildable_backbone(prepared, tmp_path):
 
 def test_resume_after_interruption_is_bit_exact(prepared, tmp_path):
     params = make_params()
-    run(params, prepared, tmp_path / "straight")
-    first, _ = run(params, prepared, tmp_path / "resumed", stop_after=3)
+    run_pretrain(params, prepared, tmp_path / "straight")
+    first, _ = run_pretrain(params, prepared, tmp_path / "resumed", stop_after=3)
     assert not first.completed and not (tmp_path / "resumed" / "backbone.pt").exists()
-    second, logs = run(params, prepared, tmp_path / "resumed")
+    second, logs = run_pretrain(params, prepared, tmp_path / "resumed")
     assert second.resumed_from == 3
     assert any("resuming" in line and "step 3" in line for line in logs)
     expected, actual = backbone_state(tmp_path / "straight"), backbone_state(tmp_path / "resumed")
@@ -68,8 +56,8 @@ def test_resume_after_interruption_is_bit_exact(prepared, tmp_path):
 
 
 def test_checkpoint_from_other_params_is_not_resumed(prepared, tmp_path):
-    run(make_params(), prepared, tmp_path, stop_after=1)
-    result, logs = run(make_params(**{"pretrain.ppm.gamma": 1.0}), prepared, tmp_path)
+    run_pretrain(make_params(), prepared, tmp_path, stop_after=1)
+    result, logs = run_pretrain(make_params(**{"pretrain.ppm.gamma": 1.0}), prepared, tmp_path)
     assert result.resumed_from is None
     assert any("pretrain.ppm.gamma" in line for line in logs)
 
@@ -85,7 +73,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path, m
 
     monkeypatch.setattr(train_module, "train_step", poisoned)
     with pytest.raises(TrainingDiverged, match="at step 3"):
-        run(params, prepared, tmp_path)
+        run_pretrain(params, prepared, tmp_path)
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -93,17 +81,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path, m
 
 def test_wrong_process_count_is_a_clear_error(prepared, tmp_path):
     with pytest.raises(ConfigError, match="pretrain.nproc = 2"):
-        run(make_params(**{"pretrain.nproc": 2}), prepared, tmp_path)
+        run_pretrain(make_params(**{"pretrain.nproc": 2}), prepared, tmp_path)
 
 
 def test_batch_larger_than_dataset_is_a_clear_error(prepared, tmp_path):
     with pytest.raises(ConfigError, match="exceeds the 4 pretraining images"):
-        run(make_params(**{"pretrain.batch_size": 8}), prepared, tmp_path)
+        run_pretrain(make_params(**{"pretrain.batch_size": 8}), prepared, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["lars", "sgd", "adamw"])
 def test_each_optimiser_trains(prepared, tmp_path, name):
-    result, _ = run(make_params(**{"pretrain.optim.name": name, "pretrain.epochs": 1}), prepared, tmp_path)
+    result, _ = run_pretrain(make_params(**{"pretrain.optim.name": name, "pretrain.epochs": 1}), prepared, tmp_path)
     assert result.completed and np.isfinite(result.final_loss)
 
 
@@ -141,18 +129,12 @@ def prepared_identical(prepared, tmp_path_factory):
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world_size: int, port: int, prepared: str, folder: str, overrides: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     params = make_params(**overrides, **{"pretrain.nproc": world_size})
-    run(params, Path(prepared), Path(folder))
+    run_pretrain(params, Path(prepared), Path(folder))
 
 
 def _update(folder, initial):
@@ -164,8 +146,8 @@ def test_ddp_two_processes_match_one(prepared_identical, tmp_path):
     single = make_params(**DDP_OVERRIDES)
     torch.manual_seed(single.seed)
     initial = PixPro(single.pretrain).backbone.state_dict()
-    run(single, prepared_identical, tmp_path / "single")
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(prepared_identical), str(tmp_path / "ddp"),
+    run_pretrain(single, prepared_identical, tmp_path / "single")
+    mp.start_processes(_ddp_worker, args=(2, free_port(), str(prepared_identical), str(tmp_path / "ddp"),
                                           DDP_OVERRIDES), nprocs=2, start_method="spawn")
     expected, actual = _update(tmp_path / "single", initial), _update(tmp_path / "ddp", initial)
     assert expected.norm() > 0.1
@@ -204,7 +186,7 @@ def test_ddp_gradient_is_the_mean_over_all_ranks_pairs(tmp_path):
     # Ranks with unequal valid-pair counts: the averaged gradient must equal the gradient of the
     # loss over all 6 pairs pooled, not the mean of the two ranks' per-rank means.
     assert train_module.pair_normaliser(torch.ones(3, dtype=torch.bool)) is None  # one process
-    mp.start_processes(_normaliser_worker, args=(_free_port(), str(tmp_path / "grad.pt")), nprocs=2,
+    mp.start_processes(_normaliser_worker, args=(free_port(), str(tmp_path / "grad.pt")), nprocs=2,
                        start_method="spawn")
     online, target, valid = _uneven_pairs()
     weight = torch.ones(4, requires_grad=True)
@@ -226,7 +208,7 @@ def _live_metrics(folder):
 
 
 def test_dvclive_gets_the_diagnostics_and_each_loss_term(prepared, tmp_path):
-    run(make_params(**{"pretrain.loss.consistency": 1.0, "pretrain.loss.coarse": 1.0,
+    run_pretrain(make_params(**{"pretrain.loss.consistency": 1.0, "pretrain.loss.coarse": 1.0,
                        "pretrain.loss.coarse_stride": 4}), prepared, tmp_path)
     logged = _live_metrics(tmp_path)
     for name in ("partner_gap", "feature_std", "effective_rank", "target_drift", "loss_consistency",
@@ -246,7 +228,7 @@ def test_frozen_backbone_control_trains_only_the_heads(prepared, tmp_path):
     # projector and g() learn. (On these tiny params the heads alone reach the trained loss too;
     # the README compares the two at the default scale.)
     params = make_params(**{"pretrain.freeze_backbone": True})
-    result, _ = run(params, prepared, tmp_path)
+    result, _ = run_pretrain(params, prepared, tmp_path)
     assert result.completed and np.isfinite(result.final_loss)
     torch.manual_seed(params.seed)
     untouched = PixPro(params.pretrain)
@@ -266,7 +248,7 @@ def test_frozen_backbone_control_cannot_reach_the_trained_loss(prepared, tmp_pat
     losses = {}
     for frozen in (False, True):
         params = make_params(**{"pretrain.epochs": 40, "pretrain.freeze_backbone": frozen})
-        result, _ = run(params, prepared, tmp_path / f"frozen_{frozen}")
+        result, _ = run_pretrain(params, prepared, tmp_path / f"frozen_{frozen}")
         losses[frozen] = result.final_loss
     assert losses[False] < losses[True] - 0.02, losses
 
@@ -286,11 +268,11 @@ def test_compiled_pretraining_writes_loadable_weights_and_resumes_uncompiled(pre
 
     monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
     params = make_params(**{"pretrain.compile": True})
-    first, _ = run(params, prepared, tmp_path, stop_after=2)
+    first, _ = run_pretrain(params, prepared, tmp_path, stop_after=2)
     assert compiled and not first.completed
     checkpoint = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["model"]
     assert not any("_orig_mod" in key for key in checkpoint)
-    second, _ = run(make_params(), prepared, tmp_path)  # compile off: still resumes
+    second, _ = run_pretrain(make_params(), prepared, tmp_path)  # compile off: still resumes
     assert second.resumed_from == 2 and second.completed
     assert not any("_orig_mod" in key for key in backbone_state(tmp_path))
     load_frozen_backbone("pretrained", params, tmp_path / "backbone.pt")  # strict load
