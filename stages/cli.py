@@ -33,10 +33,11 @@ app.command("compare")(compare.main)
 app.command("export")(export.main)
 
 
-# Commands restarted with pixpro's glibc malloc tunables (pixpro/allocator.py): those that the
-# restart measurably speeds up on CPU (benchmarks/allocator_stages.py; README, Benchmarks). The
-# others, and any `--help`, start once instead of twice.
-TUNED_COMMANDS = frozenset({"pretrain", "extract", "probe", "evaluate", "retrieval", "finetune"})
+# Commands restarted with pixpro's glibc malloc tunables (pixpro/allocator.py): those the restart
+# made faster in benchmarks/allocator_stages.py (tuned/default wall time 0.59 for pretrain, 0.85 to
+# 0.91 for the others; README, Benchmarks). probe (1.01), prepare (0.98), report and `--help` (a
+# second interpreter start: 0.19 -> 0.29 s) gain nothing and start once.
+TUNED_COMMANDS = frozenset({"pretrain", "extract", "evaluate", "retrieval", "finetune"})
 MALLOC_MODES = ("auto", "tuned", "default")
 
 
