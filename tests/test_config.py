@@ -342,3 +342,17 @@ def test_file_errors_name_the_dotted_key(tmp_path):
 def test_threads_must_be_positive(threads):
     with pytest.raises(ConfigError, match=r"^threads must be >= 1"):
         params_from_dict(tiny_params({"threads": threads}))
+
+
+def test_the_benchmarks_tiny_params_are_a_runnable_pipeline_config():
+    # benchmarks/tiny_params.yaml is the README's quick smoke run (benchmarks/pipeline.py --params
+    # ..., benchmarks/queue_concurrency.py): deep-merged over params.yaml it must validate, and every
+    # label fraction must select an image of its tiny train split (a stage added later once broke it).
+    from benchmarks.pipeline import deep_merge
+    from pixpro.finetune import labelled_subsets
+
+    merged = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()),
+                        yaml.safe_load((REPO / "benchmarks" / "tiny_params.yaml").read_text()))
+    params = params_from_dict(merged)
+    subsets = labelled_subsets(params.data.synthetic.train, params.finetune.label_fractions, params.seed)
+    assert all(len(rows) >= 1 for rows in subsets.values())
