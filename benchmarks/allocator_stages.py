@@ -116,7 +116,6 @@ def main() -> None:
         chosen["--help"] = "pixpro --help"
 
         print(f"{'stage':22} {'default s':>10} {'tuned s':>10} {'ratio':>7}  restarted")
-        rows = []
         with open(tmp / "allocator_benchmark.log", "w") as log:
             for stage, cmd in chosen.items():
                 times = {"default": [], "tuned": []}
@@ -124,13 +123,12 @@ def main() -> None:
                     order = ("default", "tuned") if repeat % 2 == 0 else ("tuned", "default")
                     for mode in order:
                         # Forced on for the tuned runs, so commands outside TUNED_COMMANDS are measured too.
-                        run_env = dict(env, PIXPRO_MALLOC=mode)
-                        times[mode].append(timed(cmd, tmp, run_env, log))
+                        times[mode].append(timed(cmd, tmp, dict(env, PIXPRO_MALLOC=mode), log))
                 ratio = statistics.median(t / d for t, d in zip(times["tuned"], times["default"]))
-                name = shlex.split(cmd)[1]
-                rows.append((stage, statistics.median(times["default"]), statistics.median(times["tuned"]), ratio))
-                print(f"{stage:22} {rows[-1][1]:10.2f} {rows[-1][2]:10.2f} {ratio:7.2f}  "
-                      f"{'yes' if name in TUNED_COMMANDS else 'no'}", flush=True)
+                restarted = shlex.split(cmd)[1] in TUNED_COMMANDS
+                print(f"{stage:22} {statistics.median(times['default']):10.2f} "
+                      f"{statistics.median(times['tuned']):10.2f} {ratio:7.2f}  {'yes' if restarted else 'no'}",
+                      flush=True)
     finally:
         if args.keep:
             print(f"kept {tmp}")

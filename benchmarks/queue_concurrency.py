@@ -8,7 +8,7 @@ own, so DVC's run-cache never restores a stage from an earlier configuration.
 
 Columns: wall seconds for the batch, experiments per hour, speed-up over the first
 configuration, and failed experiments. `threads` is the params.yaml key (torch intra-op threads
-per stage process). Results depend on it (see README, "Reproducibility across machines"), so
+per stage process). Results depend on it (see README, "Determinism"), so
 compare settings only between runs with the same `threads`.
 
     .venv/bin/python benchmarks/queue_concurrency.py [--params benchmarks/tiny_params.yaml]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.pipeline import copy_env  # noqa: E402
 from pixpro.checkpoint import load_checkpoint  # noqa: E402
 COLUMNS = ["label", "layers", "backbone", "miou", "feature_dim", "seconds"]
 
@@ -42,8 +42,7 @@ def main() -> None:
     work = folder / "probe_layers"
     work.mkdir(exist_ok=True)
     base = yaml.safe_load((folder / "params.yaml").read_text())
-    env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+    env = copy_env(ROOT, args.threads)  # this checkout's code, run in the finished folder
     new_file = not args.out.is_file()
     for text in args.layers:
         layers = yaml.safe_load(text)
