@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -108,11 +109,19 @@ def main() -> None:
                 with open(log, "w") as handle:
                     proc = subprocess.Popen(["dvc", "repro"], cwd=tmp, env=env, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True)
-                    for line in proc.stdout:
-                        handle.write(line)
-                        if line.startswith("Running stage '"):
-                            stage_times.append([line.split("'")[1], time.perf_counter()])
-                    proc.wait()
+                    try:
+                        for line in proc.stdout:
+                            handle.write(line)
+                            if line.startswith("Running stage '"):
+                                stage_times.append([line.split("'")[1], time.perf_counter()])
+                        proc.wait()
+                    finally:  # interrupted (Ctrl-C, kill -INT): stop the run too, not only this script
+                        if proc.poll() is None:
+                            proc.send_signal(signal.SIGINT)  # pixpro checkpoints on SIGINT
+                            try:
+                                proc.wait(timeout=120)
+                            except subprocess.TimeoutExpired:
+                                proc.kill()
                 ends = [began for _, began in stage_times[1:]] + [time.perf_counter()]
                 stage_times = [(stage, round(end - began, 1)) for (stage, began), end in zip(stage_times, ends)]
                 if proc.returncode:
@@ -130,6 +139,10 @@ def main() -> None:
                         if source.is_file():
                             shutil.copy(source, curves / f"{backbone}_{picture}")
                 shutil.copy(tmp / "reports/summary.md", curves / "summary.md")
+                for backbone in ("pretrained", "random"):  # the label-efficiency scores, when the stage ran
+                    scores = tmp / "metrics/finetune" / f"{backbone}.json"
+                    if scores.is_file():
+                        shutil.copy(scores, curves / f"finetune_{backbone}.json")
                 (curves / "stage_seconds.csv").write_text(
                     "stage,seconds\n" + "".join(f"{stage},{seconds}\n" for stage, seconds in stage_times))
                 with open(args.out, "a", newline="") as handle:
