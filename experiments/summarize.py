@@ -103,6 +103,7 @@ def paired_table(frame: pd.DataFrame, baseline: str) -> list[str]:
     return lines
 
 
+SCORE_KEY = re.compile(r"miou_(\d+)pct")  # metrics/finetune/<backbone>.json, one key per fraction
 LABEL_ROW = re.compile(r"^\|\s*(\d+)% of the labels[^|]*\|\s*([-\d.]+)\s*\|\s*([-\d.]+)\s*\|")
 
 
@@ -112,7 +113,7 @@ def finetune_scores(folder: Path) -> dict[int, tuple[float, float]]:
     files = {b: folder / f"finetune_{b}.json" for b in ("pretrained", "random")}
     if all(f.is_file() for f in files.values()):
         scores = {b: json.loads(f.read_text()) for b, f in files.items()}
-        percents = sorted(int(k[len("miou_"):-len("pct")]) for k in scores["pretrained"] if re.fullmatch(r"miou_\d+pct", k))
+        percents = sorted(int(m[1]) for m in map(SCORE_KEY.fullmatch, scores["pretrained"]) if m)
         return {p: (scores["pretrained"][f"miou_{p}pct"], scores["random"][f"miou_{p}pct"]) for p in percents}
     rows = {}
     for line in (folder / "summary.md").read_text().splitlines():
