@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -59,6 +60,10 @@ def row_for(copy: Path, setting: str, seed: int, seconds: float) -> dict:
     return row
 
 
+def interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -72,6 +77,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
     parser.add_argument("--rev", help="copy this git revision (git archive) instead of the working tree")
     args = parser.parse_args()
+    # A background job starts with SIGINT ignored, and SIGTERM would skip the cleanup: both interrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
     settings = [s.split("=", 1) for s in (args.setting or ["default={}"])]
     for name, text in settings:  # fail now, not after an hour of runs
         if not isinstance(yaml.safe_load(text) or {}, dict):
@@ -107,21 +115,22 @@ def main() -> None:
                 log = tmp / f"repro_{name}_{seed}.log"
                 stage_times = []  # (stage, seconds): from one "Running stage" line to the next
                 with open(log, "w") as handle:
+                    # Own process group: an interrupt can then reach dvc and the stage it runs.
                     proc = subprocess.Popen(["dvc", "repro"], cwd=tmp, env=env, stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, text=True)
+                                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
                     try:
                         for line in proc.stdout:
                             handle.write(line)
                             if line.startswith("Running stage '"):
                                 stage_times.append([line.split("'")[1], time.perf_counter()])
                         proc.wait()
-                    finally:  # interrupted (Ctrl-C, kill -INT): stop the run too, not only this script
+                    finally:  # interrupted (Ctrl-C, SIGTERM): stop the run too, not only this script
                         if proc.poll() is None:
-                            proc.send_signal(signal.SIGINT)  # pixpro checkpoints on SIGINT
+                            os.killpg(proc.pid, signal.SIGINT)  # pixpro checkpoints on SIGINT
                             try:
                                 proc.wait(timeout=120)
                             except subprocess.TimeoutExpired:
-                                proc.kill()
+                                os.killpg(proc.pid, signal.SIGKILL)
                 ends = [began for _, began in stage_times[1:]] + [time.perf_counter()]
                 stage_times = [(stage, round(end - began, 1)) for (stage, began), end in zip(stage_times, ends)]
                 if proc.returncode:
