@@ -142,16 +142,15 @@ def main() -> None:
                 curves = args.out.parent / f"{args.out.stem}_curves" / f"{name}_seed{seed}"
                 shutil.rmtree(curves, ignore_errors=True)
                 shutil.copytree(tmp / "dvclive/pretrain/plots/metrics/train", curves)
-                for backbone in ("pretrained", "random"):  # example pictures and the run's report
-                    for picture in ("overlays.png", "per_class_iou.csv"):
-                        source = tmp / "plots/evaluate" / backbone / picture
+                # Per backbone: example pictures, per-class IoU, label-efficiency scores (if that stage ran).
+                for backbone in ("pretrained", "random"):
+                    kept = {f"{backbone}_{picture}": tmp / "plots/evaluate" / backbone / picture
+                            for picture in ("overlays.png", "per_class_iou.csv")}
+                    kept[f"finetune_{backbone}.json"] = tmp / "metrics/finetune" / f"{backbone}.json"
+                    for kept_name, source in kept.items():
                         if source.is_file():
-                            shutil.copy(source, curves / f"{backbone}_{picture}")
+                            shutil.copy(source, curves / kept_name)
                 shutil.copy(tmp / "reports/summary.md", curves / "summary.md")
-                for backbone in ("pretrained", "random"):  # the label-efficiency scores, when the stage ran
-                    scores = tmp / "metrics/finetune" / f"{backbone}.json"
-                    if scores.is_file():
-                        shutil.copy(scores, curves / f"finetune_{backbone}.json")
                 (curves / "stage_seconds.csv").write_text(
                     "stage,seconds\n" + "".join(f"{stage},{seconds}\n" for stage, seconds in stage_times))
                 with open(args.out, "a", newline="") as handle:

@@ -133,11 +133,12 @@ def finetune_table(folders: list[Path], seeds: list[int]) -> list[str]:
     for percent in sorted(set.intersection(*(set(run) for run in runs))):
         pretrained = pd.Series([run[percent][0] for run in runs])
         random = pd.Series([run[percent][1] for run in runs])
-        gain = summarize((pretrained - random) * 100)
+        difference = pretrained - random
+        gain = summarize(difference * 100)
         spread = f"[{gain.low:+.1f}, {gain.high:+.1f}]" if gain.n > 1 else "n/a"
-        per_seed = ", ".join(f"{v:+.1f}" for v in (pretrained - random) * 100)
+        per_seed = ", ".join(f"{v:+.1f}" for v in difference * 100)
         lines.append(f"| {percent}% | {cell(pretrained, True, 1)} | {cell(random, True, 1)} | "
-                     f"{cell(pretrained - random, True, 1)} | {spread} | {per_seed} |")
+                     f"{cell(difference, True, 1)} | {spread} | {per_seed} |")
     return lines
 
 
