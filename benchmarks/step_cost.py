@@ -18,7 +18,13 @@ twice the crop (the source image the crops come from). Repetitions are interleav
 full, bare, ...) after a warm-up, and medians are reported. Per size, a breakdown times the
 extra parts alone (after the full/bare loop): pair sampling, the online head (propagate on both
 views + loss, forward + backward, on a detached feature map), the target projector on the pair
-pixels, the optimiser step (fused AdamW/SGD, as the trainer builds it) and the momentum update. `--profile` adds
+pixels, the optimiser step (fused AdamW/SGD, as the trainer builds it) and the momentum update. Inside the
+head (not added to the sum): the online projector alone on the head's distinct window pixels (fwd + bwd,
+captured from one head call) and, on CPU, the head under bf16 autocast as a what-if (the trainer runs
+fp32 on CPU; bf16 is fast only with AMX / AVX512-BF16). "floor ratio" is the full step if the head were
+only its projector: bare + the other parts + the projector, over bare. The projector's matrix products
+and the optimiser and momentum passes over the parameters are work the method cannot skip, so in this
+precision no rewrite of the rest of the head brings the ratio below the floor. `--profile` adds
 torch.profiler tables of the top ops (self time, grouped by input shape) of one full step and of
 the online head alone. "sys s" is the kernel CPU time of a step: on CPU mostly page faults, as
 glibc hands large freed tensors back to the OS and the next step faults them in again.
@@ -28,7 +34,8 @@ keep freed memory for reuse (pixpro/allocator.py); PIXPRO_MALLOC=default measure
 defaults, under which every large tensor is faulted in again at every step.
 
 On CUDA the model is channels_last and runs under bf16 autocast, as the trainer does, and every
-timing is bracketed by torch.cuda.synchronize.
+timing is bracketed by torch.cuda.synchronize. `--cpu-bf16` is a what-if: full and bare steps (and
+every part) under CPU bf16 autocast, which the trainer does not do.
 
 Last line: `ratio <median>`, the median over sizes of the per-size ratio, which is the median over
 repetitions of full step / bare step, each full step paired with the bare step timed right after
@@ -36,9 +43,11 @@ it (robust to the load drifting on a shared machine); the ratio of the medians i
 (goal <= 1.10). With the two default sizes the median is their mean.
 
     .venv/bin/python benchmarks/step_cost.py [--batch 1] [--sizes 128x256 256x512] [--repeats 5]
-        [--device auto|cpu|cuda] [--threads N] [--profile]
+        [--device auto|cpu|cuda] [--threads N] [--profile] [--cpu-bf16]
     # GPU-sized: --device cuda --batch 16 --sizes 256x512 512x1024 --repeats 10
-    # (batch 1 is the CPU default only to stay under 3 minutes on 2 cores)
+    # (batch 1 is the CPU default only to stay under 3 minutes on 2 cores. The optimiser and momentum
+    # passes do not grow with the batch; the head grows a little faster than the backbone, so the ratio
+    # hardly moves: README, Benchmarks.)
 """
 
 from __future__ import annotations
@@ -131,10 +140,10 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
     model.train()
     optimizer = build_optimizer(model, cfg.optim, cfg.optim.base_lr * args.batch / 256,
                                 fused=cfg.optim.name != "lars")  # as the trainer builds it
-    amp = cuda and cfg.amp
+    amp = (cuda and cfg.amp) or args.cpu_bf16
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
     box1, box2 = draw_boxes(args.batch, image_size, cfg.views, seed=1)
     gen = torch.Generator().manual_seed(2)
@@ -172,14 +181,29 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
     index = torch.cat([pairs.index1, pairs.index2])
     target = torch.randn(2 * args.batch, cfg.pairs.num, cfg.projector.out, device=device)
 
-    def head():
-        with autocast():
+    def head(context=autocast):
+        with context():
             online = model.propagate(feats, index, groups=2)
             loss = cfg.loss.consistency * model.pair_loss(online, target, pairs.valid)
             if cfg.loss.contrast > 0:
                 loss = loss + cfg.loss.contrast * model.contrast_loss(online, target, pairs)
         loss.backward()
         feats.grad = None
+
+    # The projector's inputs in one head call: its distinct window pixels, one (U_g, C) per BN group.
+    captured = []
+    hook = model.projector.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
+    head()
+    hook.remove()
+    projector_rows = [rows.clone().requires_grad_(True) for rows in captured]
+    projector_grads = [torch.randn(len(rows), cfg.projector.out, device=device) for rows in projector_rows]
+
+    def projector_fn():
+        with autocast():
+            outputs = [model.projector(rows) for rows in projector_rows]
+        torch.autograd.backward([out.float() for out in outputs], projector_grads)  # dense, like the head's
+        for rows in projector_rows:
+            rows.grad = None
 
     def target_head():
         with torch.no_grad(), autocast():
@@ -193,6 +217,9 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
 
     parts = {"pair sampling": pairs_fn, "online head fwd+bwd": head, "target projector": target_head,
              "optimizer step": optim_fn, "momentum update": momentum_fn}
+    inside_head = {"projector fwd+bwd": projector_fn}
+    if not cuda and not args.cpu_bf16:
+        inside_head["head, CPU bf16 (what-if)"] = lambda: head(lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     # Full and bare interleaved (after a warm-up of each); then the parts, interleaved among
     # themselves, so they do not disturb the allocator state between full and bare steps.
     full()
@@ -202,11 +229,12 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
     for _ in range(args.repeats):
         times["full"].append(timed(full, device, sys_times["full"]))
         times["bare"].append(timed(bare, device, sys_times["bare"]))
-    for fn in parts.values():
+    timed_parts = {**parts, **inside_head}
+    for fn in timed_parts.values():
         fn()
-    part_times = {name: [] for name in parts}
+    part_times = {name: [] for name in timed_parts}
     for _ in range(args.repeats):
-        for name, fn in parts.items():
+        for name, fn in timed_parts.items():
             part_times[name].append(timed(fn, device))
     full_s, bare_s = statistics.median(times["full"]), statistics.median(times["bare"])
     paired = statistics.median(f / b for f, b in zip(times["full"], times["bare"]))
@@ -221,13 +249,17 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
     print(f"{'ratio full/bare':28} {paired:9.3f}   median of paired ratios (each full step / the bare step "
           f"right after it); ratio of medians {ratio:.3f}")
     print("breakdown of the extra work (timed alone):")
-    accounted = 0.0
-    for name, samples in part_times.items():
-        median = statistics.median(samples)
-        accounted += median
-        print(f"  {name:26} {median:9.4f} {median / bare_s:8.3f}")
+    medians = {name: statistics.median(samples) for name, samples in part_times.items()}
+    for name in parts:
+        print(f"  {name:26} {medians[name]:9.4f} {medians[name] / bare_s:8.3f}")
+    accounted = sum(medians[name] for name in parts)
     print(f"  {'sum of parts':26} {accounted:9.4f} {accounted / bare_s:8.3f}   "
           f"(full - bare = {full_s - bare_s:.4f} s)")
+    print("inside the head (not in the sum):")
+    for name in inside_head:
+        print(f"  {name:26} {medians[name]:9.4f} {medians[name] / bare_s:8.3f}")
+    floor = (bare_s + accounted - medians["online head fwd+bwd"] + medians["projector fwd+bwd"]) / bare_s
+    print(f"{'floor ratio':28} {floor:9.3f}   bare + other parts + the head's projector alone, over bare")
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -245,14 +277,15 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
             for e in events:
                 shapes = str(e.input_shapes)[:70]
                 print(f"  {e.key:34} {getattr(e, key) / 1e3:9.1f} ms  x{e.count:<4d} {shapes}")
-    return size_text, full_s, bare_s, ratio, paired, int(pairs.count.sum())
+    return size_text, full_s, bare_s, ratio, paired, int(pairs.count.sum()), floor
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1,
                         help="images per step (B; the backbone sees 2B views). 1 keeps the CPU default "
-                             "under 3 minutes; the head, optimiser and backbone all scale ~linearly in B")
+                             "under 3 minutes; the backbone scales linearly in B, the head a little faster, "
+                             "the optimiser and momentum update not at all")
     parser.add_argument("--sizes", nargs="+", default=["128x256", "256x512"], help="crop sizes HxW")
     parser.add_argument("--repeats", type=int, default=5, help="timed full/bare pairs per size (after 1 warm-up)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -261,6 +294,8 @@ def main() -> None:
                              "oversubscribed machine a second OpenMP thread makes every parallel op wait for a "
                              "descheduled thread, which slows the many small ops of the head and the optimiser "
                              "far more (up to 30x) than the backbone's convolutions, and makes timings erratic")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="what-if: run everything under CPU bf16 autocast (the trainer runs fp32 on CPU)")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops of a full step and of the online head")
     args = parser.parse_args()
@@ -278,7 +313,8 @@ def main() -> None:
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch}, "
           f"backbone {base.pretrain.backbone.arch}/{base.pretrain.backbone.encoder} dim {base.pretrain.backbone.dim}, "
           f"pairs {base.pretrain.pairs.num}, ppm window {base.pretrain.ppm.window}, optim {base.pretrain.optim.name}, "
-          f"repeats {args.repeats} (interleaved, medians)")
+          f"repeats {args.repeats} (interleaved, medians), "
+          f"{'bf16 autocast' if (cuda and base.pretrain.amp) or args.cpu_bf16 else 'fp32'}")
 
     rows = []
     for size_text in args.sizes:
@@ -287,9 +323,11 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     print("\nsummary")
-    print(f"{'crop':>10} {'full s':>9} {'bare s':>9} {'paired ratio':>13} {'ratio of medians':>17} {'pairs':>6}")
-    for size_text, full_s, bare_s, ratio, paired, count in rows:
-        print(f"{size_text:>10} {full_s:9.4f} {bare_s:9.4f} {paired:13.3f} {ratio:17.3f} {count:6d}")
+    print(f"{'crop':>10} {'full s':>9} {'bare s':>9} {'paired ratio':>13} {'ratio of medians':>17} {'pairs':>6} "
+          f"{'floor ratio':>12}")
+    for size_text, full_s, bare_s, ratio, paired, count, floor in rows:
+        print(f"{size_text:>10} {full_s:9.4f} {bare_s:9.4f} {paired:13.3f} {ratio:17.3f} {count:6d} {floor:12.3f}")
+    print(f"floor ratio {statistics.median(row[6] for row in rows):.3f}")
     print(f"ratio {statistics.median(row[4] for row in rows):.3f}")
 
 
