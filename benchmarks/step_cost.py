@@ -59,6 +59,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torchvision.transforms import RandomResizedCrop
@@ -72,6 +73,23 @@ from pixpro.optim import build_optimizer
 from pixpro.train import train_step
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class SizeResult(NamedTuple):
+    """One crop size's summary row."""
+
+    size: str
+    full_s: float  # median full step
+    bare_s: float  # median bare step
+    ratio_of_medians: float
+    paired_ratio: float  # median of full / the bare step right after it
+    pairs: int  # valid pairs in the timed batch
+    floor_ratio: float  # full step if the head were its projector alone, over bare
+
+
+def uses_bf16(device: torch.device, amp: bool, cpu_bf16: bool) -> bool:
+    """bf16 autocast: on CUDA as the trainer does (pretrain.amp), on CPU only as the --cpu-bf16 what-if."""
+    return (device.type == "cuda" and amp) or cpu_bf16
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -121,7 +139,7 @@ def draw_boxes(batch: int, image_size: tuple[int, int], views_cfg, seed: int) ->
     return torch.stack(boxes1), torch.stack(boxes2)
 
 
-def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
+def measure_size(size_text: str, base, args, device: torch.device) -> SizeResult:
     """Time full vs bare steps at one crop size; print its table. Returns the summary row."""
     cuda = device.type == "cuda"
     size = parse_size(size_text)
@@ -140,7 +158,7 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
     model.train()
     optimizer = build_optimizer(model, cfg.optim, cfg.optim.base_lr * args.batch / 256,
                                 fused=cfg.optim.name != "lars")  # as the trainer builds it
-    amp = (cuda and cfg.amp) or args.cpu_bf16
+    amp = uses_bf16(device, cfg.amp, args.cpu_bf16)
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
@@ -277,7 +295,7 @@ def measure_size(size_text: str, base, args, device: torch.device) -> tuple:
             for e in events:
                 shapes = str(e.input_shapes)[:70]
                 print(f"  {e.key:34} {getattr(e, key) / 1e3:9.1f} ms  x{e.count:<4d} {shapes}")
-    return size_text, full_s, bare_s, ratio, paired, int(pairs.count.sum()), floor
+    return SizeResult(size_text, full_s, bare_s, ratio, paired, int(pairs.count.sum()), floor)
 
 
 def main() -> None:
@@ -314,7 +332,7 @@ def main() -> None:
           f"backbone {base.pretrain.backbone.arch}/{base.pretrain.backbone.encoder} dim {base.pretrain.backbone.dim}, "
           f"pairs {base.pretrain.pairs.num}, ppm window {base.pretrain.ppm.window}, optim {base.pretrain.optim.name}, "
           f"repeats {args.repeats} (interleaved, medians), "
-          f"{'bf16 autocast' if (cuda and base.pretrain.amp) or args.cpu_bf16 else 'fp32'}")
+          f"{'bf16 autocast' if uses_bf16(device, base.pretrain.amp, args.cpu_bf16) else 'fp32'}")
 
     rows = []
     for size_text in args.sizes:
@@ -325,10 +343,11 @@ def main() -> None:
     print("\nsummary")
     print(f"{'crop':>10} {'full s':>9} {'bare s':>9} {'paired ratio':>13} {'ratio of medians':>17} {'pairs':>6} "
           f"{'floor ratio':>12}")
-    for size_text, full_s, bare_s, ratio, paired, count, floor in rows:
-        print(f"{size_text:>10} {full_s:9.4f} {bare_s:9.4f} {paired:13.3f} {ratio:17.3f} {count:6d} {floor:12.3f}")
-    print(f"floor ratio {statistics.median(row[6] for row in rows):.3f}")
-    print(f"ratio {statistics.median(row[4] for row in rows):.3f}")
+    for row in rows:
+        print(f"{row.size:>10} {row.full_s:9.4f} {row.bare_s:9.4f} {row.paired_ratio:13.3f} "
+              f"{row.ratio_of_medians:17.3f} {row.pairs:6d} {row.floor_ratio:12.3f}")
+    print(f"floor ratio {statistics.median(row.floor_ratio for row in rows):.3f}")
+    print(f"ratio {statistics.median(row.paired_ratio for row in rows):.3f}")
 
 
 if __name__ == "__main__":
