@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import io
 import pickle
+import random
 import subprocess
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 from pixpro.errors import CheckpointError
 from pixpro.io import atomic_write
+from pixpro.runtime import Runtime
 
 
 def git_revision() -> str:
@@ -81,3 +85,47 @@ def lookup(tree: Any, dotted: str) -> Any:
         else:
             return "<missing>"
     return node
+
+
+def resumable_state(path: Path, identity: dict, runtime: Runtime, log: Callable[[str], None]) -> Optional[dict]:
+    """The checkpoint at `path` if it was trained under `identity` (run_config), else None.
+
+    Under DDP only rank 0 reads it and broadcasts it, so every rank on every node resumes the
+    same step even where its own view of the file is missing or stale (a node-local folder, a
+    network filesystem's cache)."""
+    found: Optional[dict] | CheckpointError = None
+    if runtime.is_main and path.is_file():
+        try:
+            found = load_checkpoint(path, "pretrain")
+        except CheckpointError as err:
+            found = err  # sent on, so the other ranks stop with it instead of waiting for the broadcast
+        else:
+            changed = first_difference(found.get("config"), identity)
+            if changed:
+                log(f"not resuming {path}: it was trained with {changed} = {lookup(found.get('config'), changed)!r}, "
+                    f"params.yaml has {lookup(identity, changed)!r}; starting from step 0")
+                found = None
+    if runtime.distributed:
+        box = [found]
+        dist.broadcast_object_list(box, src=0)
+        found = box[0]
+    if isinstance(found, CheckpointError):
+        raise found
+    return found
+
+
+def capture_rng() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])

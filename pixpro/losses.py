@@ -64,3 +64,32 @@ def pixel_contrast_loss(query1: Tensor, key2: Tensor, query2: Tensor, key1: Tens
     mask = valid.repeat(2, 1).flatten().to(per_query.dtype)  # (2BP,); invalid rows stay finite
     denominator = mask.sum().clamp(min=1.0) if normaliser is None else 2 * normaliser
     return (per_query * mask).sum() / denominator
+
+
+def image_contrast_loss(query1: Tensor, key2: Tensor, query2: Tensor, key1: Tensor, temperature: float) -> Tensor:
+    """Symmetric image-level InfoNCE (MoCo v3, DenseCL's global term) without a queue.
+
+    query1, key1: (B, D) pooled embeddings of view 1; query2, key2: (B, D) of view 2. Query b of
+    view 1 must pick key2[b] out of the keys of both views of every other image (2B - 1
+    candidates: its own image's view-1 key is not a negative), and symmetrically. Returns the
+    mean cross-entropy over the 2B queries (scalar). It is pixel_contrast_loss with one "pair"
+    per image, so both terms share one masking rule.
+    """
+    batch = query1.shape[0]
+    valid = torch.ones(batch, 1, dtype=torch.bool, device=query1.device)
+    same_place = torch.ones(batch, 1, 1, dtype=torch.bool, device=query1.device)
+    return pixel_contrast_loss(query1[:, None], key2[:, None], query2[:, None], key1[:, None], valid, same_place,
+                               temperature)
+
+
+@torch.no_grad()
+def image_partner_gap(query1: Tensor, key2: Tensor, query2: Tensor, key1: Tensor) -> Tensor:
+    """(B, D) each -> cos(query, its image's key in the other view) - cos(query, the next image's
+    key in the other view), averaged over both views (). A collapsed or image-agnostic embedding
+    gives 0, whatever the loss does."""
+    queries = F.normalize(torch.cat([query1, query2]).float(), dim=-1)  # (2B, D)
+    keys = F.normalize(torch.cat([key2, key1]).float(), dim=-1)  # (2B, D): each query's partner
+    batch = query1.shape[0]
+    other = torch.cat([key2.roll(1, dims=0), key1.roll(1, dims=0)]).float()  # another image, other view
+    return (queries * keys).sum(-1).mean() - (queries * F.normalize(other, dim=-1)).sum(-1).mean() \
+        if batch > 1 else queries.new_zeros(())

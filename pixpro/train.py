@@ -1,16 +1,12 @@
-"""The pretraining loop: data, schedules, AMP, DDP, resumable checkpoints, dvclive logging."""
+"""The pretraining loop: data order, schedules, one step, checkpoints. The process set-up lives in
+pixpro.runtime, what is logged in pixpro.train_log, checkpoint state and RNG in pixpro.checkpoint."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import os
-import random
-import signal
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,90 +14,23 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from pixpro.checkpoint import first_difference, git_revision, load_checkpoint, lookup, save_checkpoint
+from pixpro.checkpoint import capture_rng, git_revision, restore_rng, resumable_state, save_checkpoint
 from pixpro.config import Params, PretrainConfig, to_dict
 from pixpro.data.manifest import load_manifest
 from pixpro.data.views import TwoViewDataset, ViewPair, collate_view_pairs
-from pixpro.errors import CheckpointError, ConfigError, DataError, DistributedFailure, Interrupted, TrainingDiverged
-from pixpro.geometry import sample_positive_pairs
-from pixpro.model.pixpro import LossTerms, PixPro
+from pixpro.errors import ConfigError, DataError, DistributedFailure, Interrupted
+from pixpro.geometry import PixelPairs, sample_positive_pairs
+from pixpro.model.pixpro import LossTerms, PixPro, StagePairs
 from pixpro.optim import build_optimizer
+from pixpro.precision import autocast_for
+from pixpro.runtime import configure_determinism, graceful_interrupt, pair_normaliser, setup_runtime
 from pixpro.schedules import momentum_schedule, warmup_cosine
+from pixpro.train_log import StepLog, TargetDrift, log_stats, open_live, training_progress
 
 # Keys that change how a run executes but not what it computes: a checkpoint written under
 # other values may be resumed.
 EXECUTION_KEYS = ("device", "nproc", "nnodes", "rdzv_endpoint", "workers", "checkpoint_every", "log_every",
                   "ddp_timeout_s", "compile")
-
-
-# --------------------------------------------------------------------------------------------
-# Runtime: device, distributed
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """auto and cuda mean this node's GPU number LOCAL_RANK (global ranks span nodes)."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"pretrain.device = {name} but CUDA is not available; use auto or cpu")
-    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
-
-
-def setup_runtime(cfg: PretrainConfig) -> Runtime:
-    """Read torchrun's environment; one process without it. RANK and WORLD_SIZE are global (over
-    all nodes), LOCAL_RANK counts this node's processes; nnodes x nproc must match torchrun's."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    launch = "`pixpro pretrain --launch` (as dvc.yaml does) on every node"
-    if world_size != cfg.nnodes * cfg.nproc:
-        raise ConfigError(f"pretrain.nnodes = {cfg.nnodes} x pretrain.nproc = {cfg.nproc} needs "
-                          f"{cfg.nnodes * cfg.nproc} process(es) but WORLD_SIZE = {world_size}; launch with {launch}")
-    # Set by torchrun: the right total split over nodes differently (1 x 4 instead of 2 x 2) is an error too.
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.nproc))
-    if local_world_size != cfg.nproc:
-        raise ConfigError(f"pretrain.nproc = {cfg.nproc} but {local_world_size} process(es) were started on "
-                          f"this node; launch with {launch}")
-    if cfg.batch_size % world_size:
-        raise ConfigError(f"pretrain.batch_size = {cfg.batch_size} is not divisible by the {world_size} processes "
-                          f"(pretrain.nnodes x pretrain.nproc)")
-    device = select_device(cfg.device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        # A dead peer makes collectives fail after this timeout instead of hanging forever.
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.ddp_timeout_s))
-    return Runtime(device, rank, world_size)
-
-
-def configure_determinism(cfg: PretrainConfig, device: torch.device) -> None:
-    if cfg.deterministic:
-        # cuBLAS needs a fixed workspace to be deterministic; scatter/index_add backward and
-        # cuDNN autotuning are the other GPU sources of run-to-run noise.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,106 +72,6 @@ def pretraining_images(prepared_dir: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Logging
-# --------------------------------------------------------------------------------------------
-
-
-class StepLog:
-    """Collects per-step tensors and syncs them with the host only every `log_every` steps."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[int, LossTerms, torch.Tensor, torch.Tensor]] = []
-        self.images = 0
-        self.started = time.perf_counter()
-
-    def add(self, step: int, terms: LossTerms, pair_count: torch.Tensor, overlap_ok: torch.Tensor) -> None:
-        # Detached, as the old single loss was: kept tensors must not hold the step's autograd graph.
-        self.pending.append((step, terms._replace(total=terms.total.detach()), pair_count, overlap_ok))
-        self.images += pair_count.numel()
-
-    def flush(self, target_drift: Optional[float] = None) -> dict[str, float]:
-        """Raise TrainingDiverged at the first non-finite loss; else return averaged stats.
-        Diagnostics are those of the last step that carried them (one per log interval)."""
-        steps = [s for s, *_ in self.pending]
-        # (steps, 4): total, consistency, contrast, coarse
-        losses = torch.stack([torch.stack([t.float() for t in terms[:4]]) for _, terms, _, _ in self.pending])
-        if distributed_world_size() > 1:
-            # Mean over ranks = the loss over all ranks' pairs (see pair_normaliser); every rank
-            # then sees a NaN at the same step and stops together instead of waiting on a dead peer.
-            dist.all_reduce(losses)
-            losses /= distributed_world_size()
-        losses = losses.cpu()
-        bad = (~torch.isfinite(losses[:, 0])).nonzero()
-        if len(bad):
-            raise TrainingDiverged(f"loss became {losses[bad[0, 0], 0].item()} at step {steps[bad[0, 0]] + 1}")
-        counts = torch.cat([c for _, _, c, _ in self.pending]).cpu()
-        overlap = torch.cat([o for _, _, _, o in self.pending]).cpu()
-        elapsed = time.perf_counter() - self.started
-        mean = losses.mean(0)
-        stats = {
-            "loss": float(mean[0]),
-            "loss_consistency": float(mean[1]),
-            "loss_contrast": float(mean[2]),
-            "loss_coarse": float(mean[3]),
-            "pairs_per_image": float(counts.float().mean()),
-            "skipped_images": int((counts == 0).sum()),
-            "low_overlap_images": int((~overlap).sum()),
-            "images_per_s": self.images / max(elapsed, 1e-9),
-        }
-        diagnosed = [terms.diagnostics for _, terms, _, _ in self.pending if terms.diagnostics is not None]
-        if diagnosed:
-            stats.update({name: float(value) for name, value in diagnosed[-1]._asdict().items()})
-        if target_drift is not None:
-            stats["target_drift"] = target_drift
-        self.pending.clear()
-        self.images = 0
-        self.started = time.perf_counter()
-        return stats
-
-
-class TargetDrift:
-    """Relative distance ||theta - theta_0|| / ||theta_0|| of the target network from its init.
-
-    A target that never moves makes the online network chase random-init features; one that
-    moves fast (low momentum) lets both collapse together.
-    """
-
-    def __init__(self, model: PixPro) -> None:
-        self.initial = [p.detach().clone() for p in self._parameters(model)]
-        self.initial_norm = torch.sqrt(sum(p.float().pow(2).sum() for p in self.initial))
-
-    @staticmethod
-    def _parameters(model: PixPro) -> list[torch.Tensor]:
-        return [*model.target_backbone.parameters(), *model.target_projector.parameters()]
-
-    @torch.no_grad()
-    def __call__(self, model: PixPro) -> float:
-        moved = sum((p.float() - p0.float()).pow(2).sum() for p, p0 in zip(self._parameters(model), self.initial))
-        return float(torch.sqrt(moved) / self.initial_norm.clamp(min=1e-12))
-
-
-@contextlib.contextmanager
-def graceful_interrupt() -> Iterator[Callable[[], bool]]:
-    """First Ctrl-C asks the loop to stop after the current step; a second one aborts."""
-    requested = {"stop": False}
-
-    def handler(signum, frame):
-        if requested["stop"]:
-            raise KeyboardInterrupt
-        requested["stop"] = True
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread (e.g. some test runners): leave signals alone
-        yield lambda: False
-        return
-    try:
-        yield lambda: requested["stop"]
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-# --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
 
@@ -260,7 +89,9 @@ def run_config(params: Params) -> dict:
     pretrain = to_dict(params.pretrain)
     for key in EXECUTION_KEYS:
         pretrain.pop(key)
-    return {"seed": params.seed, "data": to_dict(params.data), "pretrain": pretrain}
+    data = to_dict(params.data)
+    data.pop("workers")  # preparation's process count: it never changes what pretraining reads
+    return {"seed": params.seed, "data": data, "pretrain": pretrain}
 
 
 def unwrap(model: nn.Module) -> PixPro:
@@ -329,10 +160,13 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
             })
 
     live = open_live(live_dir, resumed_from) if runtime.is_main else None
+    if live is not None:  # how the run was made: results depend on the thread count (threads: auto)
+        live.log_param("threads", torch.get_num_threads())
+        log(f"pretraining on {device} with {torch.get_num_threads()} CPU thread(s)")
     step_log = StepLog()
     stats: dict[str, float] = {}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp)
-    image_size = tuple(params.data.size)
+    context = StepContext(params, device, autocast_for(device, cfg.amp), tuple(params.data.size), lr_schedule,
+                          momentum, runtime.rank)
     progress = training_progress(runtime.is_main)
     try:
         with graceful_interrupt() as stop_requested, progress:
@@ -343,8 +177,7 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
                 sampler.set_epoch(epoch, skip_batches=step - epoch * sampler.steps_per_epoch)
                 for batch in loader:
                     diagnose = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
-                    terms, pair_count = train_step(model, optimizer, batch, step, lr_schedule[step], momentum[step],
-                                                   params, device, autocast, image_size, runtime.rank, diagnose)
+                    terms, pair_count = train_step(model, optimizer, batch, step, context, diagnose)
                     step_log.add(step, terms, pair_count, batch.overlap_ok)
                     step += 1
                     end_of_epoch = step % sampler.steps_per_epoch == 0
@@ -353,10 +186,10 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
                         # flush raises before a diverged state is checkpointed
                         stats = step_log.flush(target_drift(unwrap(model)) if runtime.is_main else None)
                         stats.update(lr=float(lr_schedule[step - 1]), momentum=float(momentum[step - 1]))
-                        log_stats(live, step, stats)
+                        log_stats(live, step, stats, step_log.images_per_s)
                         gap = f"  partner gap {stats['partner_gap']:.3f}" if "partner_gap" in stats else ""
                         progress.update(task, completed=step, stats=f"loss {stats['loss']:.4f}{gap}  "
-                                                                    f"{stats['images_per_s']:.1f} img/s")
+                                                                    f"{step_log.images_per_s:.1f} img/s")
                     if checkpoint_due or stop_requested():
                         write_checkpoint()
                     if stop_requested():
@@ -382,79 +215,66 @@ def pretrain(params: Params, prepared_dir: Path, output: Path, checkpoint_dir: P
             dist.destroy_process_group()
 
 
-def resumable_state(path: Path, identity: dict, runtime: Runtime, log: Callable[[str], None]) -> Optional[dict]:
-    """The checkpoint at `path` if it was trained under `identity` (run_config), else None.
+@dataclass(frozen=True)
+class StepContext:
+    """What every step of one run shares; train_step reads step-dependent values from it by index."""
 
-    Under DDP only rank 0 reads it and broadcasts it, so every rank on every node resumes the
-    same step even where its own view of the file is missing or stale (a node-local folder, a
-    network filesystem's cache)."""
-    found: Optional[dict] | CheckpointError = None
-    if runtime.is_main and path.is_file():
-        try:
-            found = load_checkpoint(path, "pretrain")
-        except CheckpointError as err:
-            found = err  # sent on, so the other ranks stop with it instead of waiting for the broadcast
-        else:
-            changed = first_difference(found.get("config"), identity)
-            if changed:
-                log(f"not resuming {path}: it was trained with {changed} = {lookup(found.get('config'), changed)!r}, "
-                    f"params.yaml has {lookup(identity, changed)!r}; starting from step 0")
-                found = None
-    if runtime.distributed:
-        box = [found]
-        dist.broadcast_object_list(box, src=0)
-        found = box[0]
-    if isinstance(found, CheckpointError):
-        raise found
-    return found
+    params: Params
+    device: torch.device
+    autocast: contextlib.AbstractContextManager  # re-entered every step
+    image_size: tuple[int, int]  # (H, W) of the prepared images: the boxes' coordinate frame
+    lr: Sequence[float]  # per step (schedules.warmup_cosine)
+    momentum: Sequence[float]  # per step (schedules.momentum_schedule)
+    rank: int = 0
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: ViewPair, step: int, lr: float,
-               momentum: float, params: Params, device: torch.device, autocast, image_size: tuple[int, int],
-               rank: int, diagnose: bool = False) -> tuple[LossTerms, torch.Tensor]:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: ViewPair, step: int,
+               context: StepContext, diagnose: bool = False) -> tuple[LossTerms, torch.Tensor]:
     """One optimisation step. Returns (the loss terms, valid pairs per image (B,)), still on
     device; `diagnose` adds the Diagnostics of this step's pairs."""
-    cfg = params.pretrain
+    cfg = context.params.pretrain
+    device = context.device
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = context.lr[step]
     memory_format = torch.channels_last if device.type == "cuda" and cfg.channels_last else torch.preserve_format
     view1 = batch.view1.to(device, non_blocking=True, memory_format=memory_format)
     view2 = batch.view2.to(device, non_blocking=True, memory_format=memory_format)
     generator = torch.Generator(device=device)
-    generator.manual_seed(int(np.random.SeedSequence([params.seed, step, rank]).generate_state(1)[0]))
+    generator.manual_seed(int(np.random.SeedSequence([context.params.seed, step, context.rank]).generate_state(1)[0]))
     box1, box2 = batch.box1.to(device), batch.box2.to(device)
     size = tuple(cfg.views.size)
-    pairs = sample_positive_pairs(box1, box2, size, size, image_size, cfg.pairs, generator)
+    pairs = sample_positive_pairs(box1, box2, size, size, context.image_size, cfg.pairs, generator)
     coarse_pairs = None
     if cfg.loss.coarse > 0:
         # Every bin of the pooled view is a candidate: the pooled map is small (e.g. 8 x 16).
         coarse = (size[0] // cfg.loss.coarse_stride, size[1] // cfg.loss.coarse_stride)
         bins = coarse[0] * coarse[1]
-        coarse_pairs = sample_positive_pairs(box1, box2, coarse, coarse, image_size,
+        coarse_pairs = sample_positive_pairs(box1, box2, coarse, coarse, context.image_size,
                                              replace(cfg.pairs, candidates=bins, num=bins), generator)
-    with autocast:
-        terms = model(view1, view2, pairs, pair_normaliser(pairs.valid), coarse_pairs, diagnose)
+    stage_pairs = ()
+    if cfg.loss.stages > 0:
+        strides = cfg.backbone.stage_strides
+        stage_pairs = tuple(
+            StagePairs(layer, found, pair_normaliser(found.valid))
+            for layer in cfg.loss.stage_layers
+            for found in [pairs_on_grid(box1, box2, (size[0] // strides[layer], size[1] // strides[layer]),
+                                        context.image_size, cfg, cfg.loss.stage_pairs, generator)])
+    with context.autocast:
+        terms = model(view1, view2, pairs, pair_normaliser(pairs.valid), coarse_pairs, diagnose, stage_pairs)
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
     optimizer.step()
-    unwrap(model).momentum_update(momentum)
+    unwrap(model).momentum_update(context.momentum[step])
     return terms, pairs.count
 
 
-def pair_normaliser(valid: torch.Tensor) -> Optional[torch.Tensor]:
-    """Denominator that makes DDP's gradient the mean over all ranks' valid pairs, or None on one
-    process. DDP averages gradients over ranks, so each rank divides its pair-loss sum by the
-    global count / world size (at least 1 / world size: no valid pair anywhere gives loss 0)."""
-    if distributed_world_size() == 1:
-        return None
-    total = valid.sum().float()
-    dist.all_reduce(total)
-    return total.clamp(min=1.0) / distributed_world_size()
-
-
-def distributed_world_size() -> int:
-    """Processes in the initialised process group; 1 without one."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def pairs_on_grid(box1: torch.Tensor, box2: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int],
+                  cfg: PretrainConfig, num: int, generator: torch.Generator) -> PixelPairs:
+    """Positive pairs between the views' (h, w) = `grid` bins, for a map coarser than the views:
+    every bin is a candidate when there are fewer than pairs.candidates, and at most `num` are kept."""
+    bins = grid[0] * grid[1]
+    sampling = replace(cfg.pairs, candidates=min(cfg.pairs.candidates, bins), num=min(num, bins))
+    return sample_positive_pairs(box1, box2, grid, grid, image_size, sampling, generator)
 
 
 def export_backbone(model: PixPro, params: Params, step: int) -> dict:
@@ -469,52 +289,3 @@ def export_backbone(model: PixPro, params: Params, step: int) -> dict:
     }
 
 
-def capture_rng() -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def open_live(live_dir: Path, resume_step: Optional[int]):
-    """dvclive logger; when resuming, rows logged after the checkpoint (by the run that was
-    killed) are dropped so the curves have one value per step."""
-    from dvclive import Live
-
-    if resume_step is not None:
-        for table in Path(live_dir, "plots", "metrics").rglob("*.tsv"):
-            lines = table.read_text().splitlines()
-            kept = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[0]) <= resume_step]
-            table.write_text("\n".join(kept) + "\n")
-    # dvc.yaml declares dvclive's outputs itself, so dvclive must not edit it.
-    return Live(str(live_dir), resume=resume_step is not None, dvcyaml=None, save_dvc_exp=False, report=None)
-
-
-def log_stats(live, step: int, stats: dict[str, float]) -> None:
-    if live is None:
-        return
-    live.step = step
-    for name, value in stats.items():
-        live.log_metric(f"train/{name}", value)
-    live.next_step()
-
-
-def training_progress(enabled: bool):
-    from rich.progress import TextColumn
-
-    from pixpro.progress import progress_bar
-
-    progress = progress_bar(TextColumn("{task.fields[stats]}"))
-    if not enabled:
-        progress.disable = True
-    return progress

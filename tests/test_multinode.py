@@ -16,11 +16,11 @@ import torch.multiprocessing as mp
 import yaml
 from typer.testing import CliRunner
 
-from pixpro import train as train_module
+from pixpro import runtime as runtime_module
 from pixpro.errors import ConfigError
 from pixpro.launch import torchrun_arguments
 from pixpro.model.pixpro import PixPro
-from stages.cli import app
+from pixpro.stages.cli import app
 from tests.conftest import REPO, TINY_PRETRAIN, VENV_BIN, backbone_state, free_port, make_params, run_pretrain, tiny_params
 
 # 4 train images, 2 per process in a world of 2: one step per epoch. One thread per process.
@@ -121,7 +121,7 @@ def test_process_counts_must_match_nodes_times_processes(monkeypatch, env, nnode
         monkeypatch.setenv(name, value)
     cfg = make_params(**MULTINODE, **two_nodes(29400, **{"pretrain.nnodes": nnodes, "pretrain.nproc": nproc}))
     with pytest.raises(ConfigError, match=message):
-        train_module.setup_runtime(cfg.pretrain)
+        runtime_module.setup_runtime(cfg.pretrain)
 
 
 def test_launch_is_refused_under_torchrun(tmp_path):
@@ -134,8 +134,8 @@ def test_launch_is_refused_under_torchrun(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_means_the_gpu_of_the_local_rank():
-    assert train_module.select_device("cuda", 1) == torch.device("cuda:1")
-    assert train_module.select_device("auto", 1) == torch.device("cuda:1")
+    assert runtime_module.select_device("cuda", 1) == torch.device("cuda:1")
+    assert runtime_module.select_device("auto", 1) == torch.device("cuda:1")
 
 
 # --- two nodes train what one node with two processes trains ----------------------------------

@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from pixpro import runtime as runtime_module
 from pixpro import train as train_module
-from pixpro.errors import ConfigError, TrainingDiverged
+from pixpro.errors import ConfigError, PixproError, TrainingDiverged
 from pixpro.losses import pixpro_pair_loss
 from pixpro.model.pixpro import PixPro
 from pixpro.schedules import momentum_schedule, warmup_cosine
@@ -164,7 +165,7 @@ def _normaliser_worker(rank: int, port: int, out: str) -> None:
         weight = torch.ones(4, requires_grad=True)  # a stand-in for the model's parameters
         o = online[rank] * weight
         loss = pixpro_pair_loss(o, target[rank], o, target[rank], valid[rank],
-                                train_module.pair_normaliser(valid[rank]))
+                                runtime_module.pair_normaliser(valid[rank]))
         loss.backward()
         dist.all_reduce(weight.grad)  # what DDP does with gradients: the mean over ranks
         weight.grad /= 2
@@ -185,7 +186,7 @@ def _uneven_pairs():
 def test_ddp_gradient_is_the_mean_over_all_ranks_pairs(tmp_path):
     # Ranks with unequal valid-pair counts: the averaged gradient must equal the gradient of the
     # loss over all 6 pairs pooled, not the mean of the two ranks' per-rank means.
-    assert train_module.pair_normaliser(torch.ones(3, dtype=torch.bool)) is None  # one process
+    assert runtime_module.pair_normaliser(torch.ones(3, dtype=torch.bool)) is None  # one process
     mp.start_processes(_normaliser_worker, args=(free_port(), str(tmp_path / "grad.pt")), nprocs=2,
                        start_method="spawn")
     online, target, valid = _uneven_pairs()
@@ -226,7 +227,7 @@ def test_dvclive_gets_the_diagnostics_and_each_loss_term(prepared, tmp_path):
 def test_frozen_backbone_control_trains_only_the_heads(prepared, tmp_path):
     # The control a shortcut would pass: with the backbone frozen at its random init only the
     # projector and g() learn. (On these tiny params the heads alone reach the trained loss too;
-    # the README compares the two at the default scale.)
+    # docs/method.md compares the two at the default scale.)
     params = make_params(**{"pretrain.freeze_backbone": True})
     result, _ = run_pretrain(params, prepared, tmp_path)
     assert result.completed and np.isfinite(result.final_loss)
@@ -276,3 +277,22 @@ def test_compiled_pretraining_writes_loadable_weights_and_resumes_uncompiled(pre
     assert second.resumed_from == 2 and second.completed
     assert not any("_orig_mod" in key for key in backbone_state(tmp_path))
     load_frozen_backbone("pretrained", params, tmp_path / "backbone.pt")  # strict load
+
+
+def test_preparation_workers_do_not_stop_a_resume(prepared, tmp_path):
+    first, _ = run_pretrain(make_params(), prepared, tmp_path, stop_after=2)
+    assert not first.completed
+    second, logs = run_pretrain(make_params(**{"data.workers": 3}), prepared, tmp_path)
+    assert second.resumed_from == 2, logs
+
+
+def test_a_data_error_in_a_loader_worker_reaches_the_user_as_its_own_line(prepared, tmp_path):
+    broken = tmp_path / "prepared"
+    shutil.copytree(prepared, broken)
+    manifest = pd.read_csv(broken / "manifest.csv")
+    manifest.loc[manifest["split"] == "train", "image"] = str(tmp_path / "missing.png")
+    manifest.to_csv(broken / "manifest.csv", index=False)
+    with pytest.raises(PixproError) as caught:  # raised in the worker, rebuilt by the DataLoader
+        run_pretrain(make_params(**{"pretrain.workers": 1}), broken, tmp_path / "run")
+    message = str(caught.value)
+    assert "missing.png" in message and "Traceback" not in message and "\n" not in message

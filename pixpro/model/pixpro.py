@@ -11,27 +11,66 @@ from torch.nn import functional as F
 
 from pixpro.config import PretrainConfig
 from pixpro.geometry import PixelPairs, window_indices
-from pixpro.losses import pixel_contrast_loss, pixpro_pair_loss
-from pixpro.model.backbone import build_backbone
+from pixpro.losses import image_contrast_loss, image_partner_gap, pixel_contrast_loss, pixpro_pair_loss
+from pixpro.model.backbone import TappedMaps, build_backbone, forward_tapped
 from pixpro.model.heads import Projector, build_transform, global_propagation, local_propagation
+from pixpro.model.init_weights import load_init_weights
 
 
 class LossTerms(NamedTuple):
-    """What one step optimises, and its parts before weighting (each a scalar tensor)."""
+    """What one step optimises, and its parts before weighting (each a scalar tensor).
+
+    Every field between `total` and `diagnostics` is a term: the trainer logs each as
+    `loss_<name>`, so a new term is one field here and one weight in LossConfig."""
 
     total: Tensor  # weighted sum of the terms below: the value that is optimised
     consistency: Tensor  # PixPro's pixel-propagation consistency, in [-2, 2]
     contrast: Tensor  # pixel InfoNCE with in-batch negatives
     coarse: Tensor  # consistency + contrast again on a pooled map, with a global PPM
+    stages: Tensor  # pixel InfoNCE on coarser decoder stages, mean over LossConfig.stage_layers
+    image: Tensor  # image-level InfoNCE on the encoder's pooled deepest map
     diagnostics: Optional["Diagnostics"] = None  # when asked for
+
+    @classmethod
+    def term_names(cls) -> tuple[str, ...]:
+        return tuple(name for name in cls._fields if name not in ("total", "diagnostics"))
 
 
 class Diagnostics(NamedTuple):
-    """Signals that a shortcut solution of the loss cannot fake (scalars, no gradient)."""
+    """Signals that a shortcut solution of the loss cannot fake (scalars, no gradient); a term
+    that is off leaves its signals None."""
 
     partner_gap: Tensor  # cos(prediction, partner's target) - cos(prediction, another pixel's target)
     feature_std: Tensor  # mean per-channel std of the unit-length backbone features at the pairs
     effective_rank: Tensor  # exp(entropy) of those features' normalised singular values, in [1, C]
+    stage_partner_gap: Optional[Tensor] = None  # partner_gap of the stage term, mean over its stages
+    image_partner_gap: Optional[Tensor] = None  # cos(query, own image's key) - cos(query, another image's key)
+
+
+class StagePairs(NamedTuple):
+    """Positive pairs on one decoder stage's grid (h / s, w / s) of the views."""
+
+    layer: int  # as probe.layers: -2 = 1/2 resolution ...
+    pairs: PixelPairs
+    normaliser: Optional[Tensor] = None  # DDP: this stage's global pair count (pixpro.train.pair_normaliser)
+
+
+@torch.no_grad()
+def pair_partner_gap(online: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """online predictions, target keys (2B, P, D) at the pairs, view 1 first; valid (B, P) ->
+    cos(prediction, partner's target) - cos(prediction, another pixel's target of the same image) ().
+
+    A collapsed or position-only solution gives 0: it cannot tell its partner from a pixel elsewhere
+    in the same view."""
+    online, target = F.normalize(online.float(), dim=-1), F.normalize(target.float(), dim=-1)
+    valid = valid.repeat(2, 1)  # (2B, P)
+    partner = target.roll(online.shape[0] // 2, dims=0)  # each view's partner targets: (2B, P, D)
+    # Another pixel of the same image, other view: the partner slots shifted by half the pairs.
+    shift = online.shape[1] // 2
+    other, other_valid = partner.roll(shift, dims=1), valid & valid.roll(shift, dims=1)
+    if not valid.any() or not other_valid.any():
+        return online.new_zeros(())
+    return (online * partner).sum(-1)[valid].mean() - (online * other).sum(-1)[other_valid].mean()
 
 
 def gather_pixels(features: Tensor, flat_index: Tensor) -> Tensor:
@@ -51,39 +90,119 @@ class PixPro(nn.Module):
         super().__init__()
         dim, proj = cfg.backbone.dim, cfg.projector
         self.backbone = build_backbone(cfg.backbone)
+        load_init_weights(self.backbone, cfg.init, cfg.backbone)  # pretrain.init; None keeps the random init
         if cfg.freeze_backbone:  # the "frozen random backbone" control: only the heads can learn
             self.backbone.requires_grad_(False)
         self.projector = Projector(dim, proj.hidden, proj.out)
         self.transform = build_transform(proj.out, cfg.ppm.transform_layers)
         self.target_backbone = copy.deepcopy(self.backbone)
         self.target_projector = copy.deepcopy(self.projector)
-        for param in (*self.target_backbone.parameters(), *self.target_projector.parameters()):
-            param.requires_grad_(False)
+        # Projectors of the stage and image terms: built only when their weight is on, so DDP
+        # never sees parameters without gradients.
+        loss = cfg.loss
+        channels = cfg.backbone.stage_channels
+        self.stage_layers = tuple(loss.stage_layers) if loss.stages > 0 else ()
+        self.stage_projectors = nn.ModuleDict({
+            str(layer): Projector(channels[layer], proj.hidden, proj.out) for layer in self.stage_layers})
+        self.image_projector = Projector(self.backbone.encoder_channels, proj.hidden, proj.out) \
+            if loss.image > 0 else None
+        self.target_stage_projectors = copy.deepcopy(self.stage_projectors)
+        self.target_image_projector = copy.deepcopy(self.image_projector)
+        for target in (self.target_backbone, self.target_projector, self.target_stage_projectors,
+                       self.target_image_projector):
+            if target is not None:
+                target.requires_grad_(False)
         self.bn_per_view = cfg.bn_per_view
         self.window = cfg.ppm.window
         self.gamma = cfg.ppm.gamma
         self.loss_cfg = cfg.loss
 
     def online_pairs(self):
-        return ((self.backbone, self.target_backbone), (self.projector, self.target_projector))
+        pairs = [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]
+        if self.stage_layers:
+            pairs.append((self.stage_projectors, self.target_stage_projectors))
+        if self.image_projector is not None:
+            pairs.append((self.image_projector, self.target_image_projector))
+        return tuple(pairs)
 
     def forward(self, views1: Tensor, views2: Tensor, pairs: PixelPairs, normaliser: Optional[Tensor] = None,
-                coarse_pairs: Optional[PixelPairs] = None, diagnose: bool = False) -> LossTerms:
+                coarse_pairs: Optional[PixelPairs] = None, diagnose: bool = False,
+                stage_pairs: tuple[StagePairs, ...] = ()) -> LossTerms:
         """views1, views2 (B, 3, h, w) -> the loss terms over the pairs (divided by `normaliser` ()
         instead of the batch's valid-pair count when given). `coarse_pairs` index the pooled map
-        (h / coarse_stride, w / coarse_stride) and are needed when the coarse term is on.
-        `diagnose` adds Diagnostics of the fine pairs."""
+        (h / coarse_stride, w / coarse_stride) and are needed when the coarse term is on;
+        `stage_pairs` index each of LossConfig.stage_layers' maps when the stage term is on.
+        `diagnose` adds Diagnostics."""
         views = torch.cat([views1, views2])  # (2B, 3, h, w)
         sizes = self.bn_groups(len(views))  # one backbone call per network, or per view and network
-        online_map = self._grouped(self.backbone, views, sizes)  # (2B, C, h, w)
+        online = self._tapped(self.backbone, views, sizes)  # output (2B, C, h, w) + stages + encoder top
         with torch.no_grad():
-            target_map = self._grouped(self.target_backbone, views, sizes)
-        return self.loss_from_maps(online_map, target_map, pairs, normaliser, coarse_pairs, diagnose)
+            target = self._tapped(self.target_backbone, views, sizes)
+        terms = self.loss_from_maps(online.output, target.output, pairs, normaliser, coarse_pairs, diagnose)
+        total, diagnostics = terms.total, terms.diagnostics
+        stages = image = total.new_zeros((), dtype=torch.float32)
+        stage_gap = image_gap = None
+        if self.stage_layers:
+            if {entry.layer for entry in stage_pairs} != set(self.stage_layers):
+                raise ValueError(f"pretrain.loss.stages > 0 needs pairs for stages {list(self.stage_layers)}")
+            stages, stage_gap = self._stage_term(online, target, stage_pairs, diagnose)
+            total = total + self.loss_cfg.stages * stages
+        if self.image_projector is not None:
+            image, image_gap = self._image_term(online.encoder_top, target.encoder_top, diagnose)
+            total = total + self.loss_cfg.image * image
+        if diagnostics is not None:
+            diagnostics = diagnostics._replace(stage_partner_gap=stage_gap, image_partner_gap=image_gap)
+        return terms._replace(total=total, stages=stages.detach(), image=image.detach(), diagnostics=diagnostics)
+
+    def _tapped(self, backbone: nn.Module, views: Tensor, sizes: list[int]) -> TappedMaps:
+        """forward_tapped over consecutive BatchNorm groups of `views` (2B, 3, h, w), concatenated."""
+        wants_top = self.image_projector is not None
+        parts = [forward_tapped(backbone, group, self.stage_layers, wants_top) for group in views.split(sizes)]
+        if len(parts) == 1:
+            return parts[0]
+        return TappedMaps(torch.cat([p.output for p in parts]),
+                          {layer: torch.cat([p.stages[layer] for p in parts]) for layer in self.stage_layers},
+                          torch.cat([p.encoder_top for p in parts]) if wants_top else None)
+
+    def _stage_term(self, online: TappedMaps, target: TappedMaps, stage_pairs: tuple[StagePairs, ...],
+                    diagnose: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """Pixel InfoNCE on each decoder stage's own grid, through that stage's projector (no PPM:
+        a coarse bin already averages a region) -> (mean over stages (), mean partner gap or None)."""
+        losses, gaps = [], []
+        for entry in stage_pairs:
+            key = str(entry.layer)
+            index = torch.cat([entry.pairs.index1, entry.pairs.index2])  # (2B, P)
+            rows = gather_pixels(online.stages[entry.layer], index)  # (2B, P, C_l)
+            sizes = self.bn_groups(rows.shape[0] * rows.shape[1])
+            query = self._grouped(self.stage_projectors[key], rows.flatten(0, 1), sizes).view(*index.shape, -1)
+            with torch.no_grad():
+                target_rows = gather_pixels(target.stages[entry.layer], index).flatten(0, 1)
+                keys = self._grouped(self.target_stage_projectors[key], target_rows, sizes).view(*index.shape, -1)
+            losses.append(self.contrast_loss(query, keys.float(), entry.pairs, entry.normaliser))
+            if diagnose:
+                gaps.append(pair_partner_gap(query, keys, entry.pairs.valid))
+        gap = torch.stack(gaps).mean() if gaps else None
+        return torch.stack(losses).mean(), gap
+
+    def _image_term(self, online_top: Tensor, target_top: Tensor, diagnose: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """online_top, target_top (2B, C_enc, h / 32, w / 32), view 1 first -> image InfoNCE over the
+        pooled maps (), and its partner gap when diagnosing."""
+        pooled = online_top.float().mean(dim=(2, 3))  # (2B, C_enc)
+        sizes = self.bn_groups(len(pooled))
+        query = self._grouped(self.image_projector, pooled, sizes)  # (2B, D)
+        with torch.no_grad():
+            keys = self._grouped(self.target_image_projector, target_top.float().mean(dim=(2, 3)), sizes)
+        query1, query2 = query.float().chunk(2)
+        key1, key2 = keys.float().chunk(2)
+        loss = image_contrast_loss(query1, key2, query2, key1, self.loss_cfg.temperature)
+        gap = image_partner_gap(query1.detach(), key2, query2.detach(), key1) if diagnose else None
+        return loss, gap
 
     def loss_from_maps(self, online_map: Tensor, target_map: Tensor, pairs: PixelPairs,
                        normaliser: Optional[Tensor] = None, coarse_pairs: Optional[PixelPairs] = None,
                        diagnose: bool = False) -> LossTerms:
-        """The head: online_map, target_map (2B, C, h, w) of the stacked views -> LossTerms."""
+        """The pixel head: online_map, target_map (2B, C, h, w) of the stacked views -> LossTerms
+        (the stage and image terms 0)."""
         cfg = self.loss_cfg
         consistency, contrast, online, target = self._pair_terms(online_map, target_map, pairs, normaliser,
                                                                  self.window)
@@ -100,7 +219,8 @@ class PixPro(nn.Module):
             coarse_terms = self._pair_terms(coarse_online, coarse_target, coarse_pairs, None, None)[:2]
             coarse = cfg.consistency * coarse_terms[0] + cfg.contrast * coarse_terms[1]
             total = total + cfg.coarse * coarse
-        return LossTerms(total, consistency.detach(), contrast.detach(), coarse.detach(), diagnostics)
+        zero = total.new_zeros((), dtype=torch.float32)
+        return LossTerms(total, consistency.detach(), contrast.detach(), coarse.detach(), zero, zero, diagnostics)
 
     def _pair_terms(self, online_map: Tensor, target_map: Tensor, pairs: PixelPairs,
                     normaliser: Optional[Tensor], window: Optional[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -135,13 +255,7 @@ class PixPro(nn.Module):
         pairs, view 1 first -> Diagnostics."""
         index = torch.cat([pairs.index1, pairs.index2])  # (2B, P)
         valid = pairs.valid.repeat(2, 1)  # (2B, P)
-        online, target = F.normalize(online.float(), dim=-1), F.normalize(target.float(), dim=-1)
-        partner = target.roll(online.shape[0] // 2, dims=0)  # each view's partner targets: (2B, P, D)
-        # Another pixel of the same image, other view: the partner slots shifted by half the pairs.
-        shift = index.shape[1] // 2
-        other, other_valid = partner.roll(shift, dims=1), valid & valid.roll(shift, dims=1)
-        gap = (online * partner).sum(-1)[valid].mean() - (online * other).sum(-1)[other_valid].mean()
-
+        gap = pair_partner_gap(online, target, pairs.valid)
         features = F.normalize(gather_pixels(online_map, index).float(), dim=-1)[valid]  # (N, C)
         feature_std = features.std(dim=0).mean()
         singular = torch.linalg.svdvals(features)  # RankMe (Garrido et al. 2023)
