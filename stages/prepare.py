@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import typer
 
-from stages._common import PARAMS_OPTION, err_console, load, user_errors
+from ._common import PARAMS_OPTION, err_console, load, user_errors
 
 
 @user_errors("prepare")
 def main(
     params: Path = PARAMS_OPTION,
     out: Path = typer.Option(Path("data/prepared"), help="Prepared dataset folder (written atomically)."),
-    metrics: Path = typer.Option(Path("metrics/prepare.json"), help="Class-frequency metrics file."),
-    plots: Path = typer.Option(Path("plots/prepare"), help="Folder for frequency tables and example pictures."),
+    metrics: Path = typer.Option(Path("metrics/prepare.json"), help="Image counts per split (metrics file)."),
+    plots: Path = typer.Option(Path("plots/prepare"), help="Folder for per-class frequencies and example pictures."),
 ) -> None:
     """Resize images, convert label values to train ids with the class table (data.classes) and
     write the manifest and classes.csv.
 
-    With data.source=synthetic a street-scene Cityscapes tree is generated from `seed` first;
-    data.source=folder reads any tree laid out like Cityscapes, with its own suffixes.
+    data.root is read as a Cityscapes tree (data.source cityscapes, or synthetic: the tree
+    `pixpro synthesize` wrote) or with data.source folder as any tree, with its own folders
+    (data.image_dir, data.label_dir) and suffixes. Outputs appear together or not at all.
     """
     from pixpro.data.prepare import run_prepare
 
@@ -30,24 +30,3 @@ def main(
     counts = result.manifest["split"].value_counts().to_dict()
     err_console.print(f"prepared {len(result.manifest)} images {counts} into {out}")
 
-
-@user_errors("synthesize")
-def synthesize(
-    out: Path = typer.Argument(..., help="Folder to write the raw Cityscapes-layout tree into."),
-    params: Path = PARAMS_OPTION,
-) -> None:
-    """Write the synthetic street scenes as a raw Cityscapes tree (leftImg8bit + gtFine labelIds).
-
-    `prepare` does this itself for data.source=synthetic; this command lets you inspect the tree
-    or use it as data.root with data.source=cityscapes.
-    """
-    from pixpro.data import synthetic
-    from pixpro.data.prepare import num_workers, parallel_map
-
-    cfg = load(params)
-    syn = cfg.data.synthetic
-    jobs = synthetic.scene_jobs(out, syn.train, syn.val, syn.cities, cfg.seed, syn.extra)
-    write = functools.partial(synthetic.write_scene, size=tuple(syn.raw_size))
-    for _ in parallel_map(write, jobs, num_workers(cfg.data.workers), "generate synthetic scenes"):
-        pass
-    err_console.print(f"wrote {len(jobs)} scenes to {out}")

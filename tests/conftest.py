@@ -115,8 +115,17 @@ def prepared(tmp_path_factory) -> Path:
     from pixpro.data.prepare import run_prepare  # here: a slow import most test files never need
 
     root = tmp_path_factory.mktemp("prepared")
-    run_prepare(make_params(), root / "data", root / "metrics.json", root / "plots")
+    params = make_params(**{"data.root": str(synthesize(make_params(), root / "raw"))})
+    run_prepare(params, root / "data", root / "metrics.json", root / "plots")
     return root / "data"
+
+
+def synthesize(params: Params, root: Path) -> Path:
+    """The synthetic tree of `params` (data.synthetic, seed) at root, as `pixpro synthesize` writes
+    it; data.source synthetic prepares it from data.root."""
+    syn = params.data.synthetic
+    generate_tree(root, syn.train, syn.val, syn.cities, syn.raw_size, params.seed, syn.extra)
+    return root
 
 
 def copy_repo(dest: Path) -> None:

@@ -21,7 +21,7 @@ from pixpro.errors import CheckpointError, ConfigError, DataError
 from pixpro.evaluate import evaluate_segmentation
 from pixpro.features import load_frozen_backbone, split_rows
 from pixpro.train import pretraining_images
-from stages.cli import app
+from pixpro.stages.cli import app
 from tests.conftest import THREE_CLASSES_CSV, TINY_EVAL, TINY_PRETRAIN, save_backbone_file, tiny_params
 
 RAW = (40, 80)  # raw (H, W); labels come in 8x8 blocks so they survive the nearest resize
@@ -104,10 +104,10 @@ def test_prepare_folder_tree_with_a_three_class_table(three_tree, three_csv, tmp
     metrics = json.loads((tmp_path / "prepare.json").read_text())
     assert set(metrics) == {"train", "val", "train_extra"}
     for split in ("train", "val"):
-        freq = metrics[split]["class_frequency"]
-        assert list(freq) == ["road", "car", "sky"] and sum(freq.values()) == pytest.approx(1, abs=1e-4)
+        assert metrics[split]["classes_present"] == 3 and "class_frequency" not in metrics[split]
+        freq = pd.read_csv(tmp_path / "plots" / f"class_frequency_{split}.csv")
+        assert list(freq["class"]) == ["road", "car", "sky"] and freq["fraction"].sum() == pytest.approx(1)
         assert len(result.class_counts[split]) == 4  # 3 classes + ignore
-    assert list(pd.read_csv(tmp_path / "plots" / "class_frequency_val.csv")["class"]) == ["road", "car", "sky"]
     assert (tmp_path / "plots" / "examples.png").stat().st_size > 0
 
 
@@ -120,7 +120,7 @@ def test_prepare_folder_tree_with_the_seven_class_idd_lite_table(tmp_path, monke
     assert pd.read_csv(tmp_path / "prepared" / "classes.csv")["name"].tolist() == names
     masks = [np.asarray(Image.open(p)) for p in result.manifest["mask"] if p]
     assert set(np.unique(np.stack(masks))) == set(range(7)) | {255}
-    assert list(json.loads((tmp_path / "prepare.json").read_text())["train"]["class_frequency"]) == names
+    assert list(pd.read_csv(tmp_path / "plots" / "class_frequency_train.csv")["class"]) == names
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,31 +137,32 @@ def _unlisted_value(root, tmp_path):
 
 def _image_suffix_matches_nothing(root, tmp_path):
     return ({"data__image_suffix": "_img.png"}, DataError,
-            r"image suffix '_img\.png' \(data\.image_suffix\) matches no file in .*leftImg8bit/train/<dir>/; "
-            r"found e\.g\. 0000_image\.jpg")
+            r"image suffix '_img\.png' \(data\.image_suffix\) matches no file in .*leftImg8bit/train/\[<dir>/\]; "
+            r"looked for e\.g\. <name>_img\.png, found e\.g\. 0000_image\.jpg")
 
 
 def _label_suffix_matches_nothing(root, tmp_path):
     return ({"data__label_suffix": "_gtFine.png"}, DataError,
-            r"label suffix '_gtFine\.png' \(data\.label_suffix\) matches no file in .*gtFine/train/<dir>/; "
-            r"found e\.g\. 0000_label\.png")
+            r"label suffix '_gtFine\.png' \(data\.label_suffix\) matches no file in .*gtFine/train/\[<dir>/\]; "
+            r"looked for e\.g\. .*gtFine/train/seq0/0000_gtFine\.png, found e\.g\. 0000_label\.png")
 
 
 def _image_without_label(root, tmp_path):
     (root / "gtFine" / "train" / "seq1" / "0003_label.png").unlink()
-    return {}, DataError, r"1 of 4 train images have no label under .*gtFine, e\.g\. gtFine/train/seq1/0003_label\.png"
+    return {}, DataError, r"1 of 4 train images have no label under .*raw, e\.g\. gtFine/train/seq1/0003_label\.png"
 
 
 def _unlabelled_folder_missing(root, tmp_path):
     return ({"data__unlabelled": ["extra"]}, DataError,
-            r"data\.unlabelled lists 'extra' but .*leftImg8bit/extra/<dir>/\*_image\.jpg matched nothing")
+            r"data\.unlabelled lists 'extra' but .*leftImg8bit/extra/\[<dir>/\]\*_image\.jpg matched nothing")
 
 
 def _no_val_split(root, tmp_path):
     for tree in ("leftImg8bit", "gtFine"):
         for path in sorted((root / tree / "val").rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
-    return {}, DataError, r"no val images in data\.root .*: expected leftImg8bit/\{train,val\}/<dir>/<name>_image\.jpg"
+    return {}, DataError, (r"no val images in data\.root .*: expected "
+                           r"leftImg8bit/\{train,val\}/\[<dir>/\]<name>_image\.jpg")
 
 
 def _table(text):
@@ -209,9 +210,15 @@ def test_bad_input_is_one_line_and_writes_nothing(breakage, three_tree, three_cs
 @pytest.mark.parametrize(("overrides", "pattern"), [
     ({"data.unlabelled": ["train"]}, r"data\.unlabelled\[0\] = 'train' is a labelled split"),
     ({"data.unlabelled": ["test", "test"]}, r"data\.unlabelled lists a folder twice"),
-    ({"data.unlabelled": ["a/b"]}, r"data\.unlabelled\[0\] = 'a/b' must be the name of a folder"),
+    ({"data.unlabelled": ["a/b"]}, r"data\.unlabelled\[0\] = 'a/b' must be a split name"),
     ({"data.image_suffix": ""}, r"data\.image_suffix = '' must be a non-empty file-name ending"),
-    ({"data.label_suffix": "_image.jpg"}, r"data\.label_suffix must differ from data\.image_suffix"),
+    ({"data.label_suffix": "_image.jpg", "data.label_dir": "leftImg8bit/{split}"},
+     r"data\.label_dir must differ from data\.image_dir when data\.label_suffix equals data\.image_suffix"),
+    ({"data.image_dir": "images"},
+     r"data\.image_dir = 'images' must be a relative folder template containing \{split\}"),
+    ({"data.image_dir": "{split}/{seq}"}, r"data\.image_dir = '\{split\}/\{seq\}' must be .* no other braces"),
+    ({"data.label_dir": "../{split}"}, r"data\.label_dir = '\.\./\{split\}' must be a relative folder"),
+    ({"data.label_mode": "rgb"}, r"data\.label_mode = 'rgb' is not one of 'value', 'color'"),
     ({"data.source": "synthetic"}, r"data\.unlabelled must be \[\] for data\.source synthetic"),
     ({"data.source": "folders"}, r"data\.source = 'folders' is not one of 'synthetic', 'cityscapes', 'folder'"),
 ])

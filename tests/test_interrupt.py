@@ -14,7 +14,7 @@ import yaml
 
 from pixpro.config import params_from_dict
 from pixpro.data.prepare import run_prepare
-from tests.conftest import TINY_PRETRAIN, VENV_BIN, tiny_params
+from tests.conftest import TINY_PRETRAIN, VENV_BIN, synthesize, tiny_params
 
 # Long enough (400 steps, ~45 s in all on 2 busy cores) that a kill lands mid-run. One thread:
 # with the default 2, a core taken by other work made OpenMP's spinning threads over 6x slower
@@ -26,8 +26,9 @@ OVERRIDES = {**TINY_PRETRAIN, "threads": 1, "pretrain.epochs": 200, "pretrain.ch
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("interrupt")
-    raw = tiny_params(OVERRIDES)
+    raw = tiny_params({**OVERRIDES, "data.root": str(root / "raw")})
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    synthesize(params_from_dict(raw), root / "raw")
     run_prepare(params_from_dict(raw), root / "data", root / "metrics.json", root / "plots")
     return root
 

@@ -18,7 +18,7 @@ from PIL import Image
 from tests.conftest import lock_stages, pipeline_env, run_checked, tiny_pipeline_repo
 
 ALL_STAGES = {
-    "prepare", "pretrain", "report",
+    "synthesize", "prepare", "pretrain", "report",
     *(f"{stage}@{name}" for stage in ("extract", "probe", "evaluate", "retrieval", "finetune")
       for name in ("pretrained", "random")),
 }
@@ -83,9 +83,8 @@ def _status(repo: Path) -> dict:
 
 def test_killed_repro_reruns_only_unfinished_stages_and_leaves_nothing_half_written(tmp_path):
     repo = tiny_pipeline_repo(tmp_path)
-    assert set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]) == {"prepare", "pretrain", "extract",
-                                                                             "probe", "evaluate", "retrieval",
-                                                                             "finetune", "report"}
+    assert set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]) == {
+        "synthesize", "prepare", "pretrain", "extract", "probe", "evaluate", "retrieval", "finetune", "report"}
 
     # 1. Start `dvc repro` in its own process group and SIGKILL the whole group (dvc, the shell
     #    and the stage's Python process) while the killed stage's command is running.
@@ -119,7 +118,7 @@ def test_killed_repro_reruns_only_unfinished_stages_and_leaves_nothing_half_writ
     locked = lock_stages(repo)
     finished = set(locked)
     unfinished = ALL_STAGES - finished
-    assert {"prepare", "pretrain", "extract@pretrained", "probe@pretrained"} <= finished, killed_log
+    assert {"synthesize", "prepare", "pretrain", "extract@pretrained", "probe@pretrained"} <= finished, killed_log
     assert {KILLED, "report"} <= unfinished, killed_log
     assert finished <= ALL_STAGES, finished
 

@@ -49,6 +49,8 @@ class ClassTable:
     names: K class names, indexed by train id.
     colors: (K, 3) uint8 RGB, indexed by train id.
     spec: where the table came from (a built-in name or a path), named in error messages.
+    label_colors: (colour as 0xRRGGBB, train id) of every value the table gives a colour, ignored
+        values included: how `data.label_mode: color` reads colour-coded label PNGs.
     """
 
     spec: str
@@ -56,6 +58,7 @@ class ClassTable:
     known: np.ndarray
     names: tuple[str, ...]
     colors: np.ndarray
+    label_colors: tuple[tuple[int, int], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -81,6 +84,27 @@ class ClassTable:
                             f"{self.describe_values()}")
         return self.lut[values]
 
+    def train_ids_from_colors(self, rgb: np.ndarray, where: str | Path) -> np.ndarray:
+        """(H, W, 3) uint8 colour label -> (H, W) uint8 train ids through `label_colors`.
+
+        Raises DataError naming `where`, the first colour the table lacks and its pixel count.
+        """
+        mapping: dict[int, int] = {}
+        for color, train_id in self.label_colors:
+            if mapping.setdefault(color, train_id) != train_id:
+                raise DataError(f"class table {self.spec} gives colour {_hex(color)} to train ids "
+                                f"{mapping[color]} and {train_id}: colour labels cannot be read with it")
+        rgb = np.asarray(rgb, dtype=np.uint32)
+        keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]  # (H, W)
+        colors, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        ids = np.empty(len(colors), dtype=np.uint8)
+        for i, color in enumerate(colors.tolist()):
+            if color not in mapping:
+                raise DataError(f"label {where} has colour {_hex(color)} ({counts[i]} pixels), which is "
+                                f"not in the color column of class table {self.spec}")
+            ids[i] = mapping[color]
+        return ids[inverse.reshape(keys.shape)]
+
     def palette(self) -> np.ndarray:
         """(256, 3) uint8 train id -> colour; ignore and ids beyond K are black."""
         lut = np.zeros((256, 3), np.uint8)
@@ -88,15 +112,28 @@ class ClassTable:
         return lut
 
 
+def _hex(color: int) -> str:
+    return f"#{color:06x}"
+
+
+def _rgb24(rgb) -> int:
+    r, g, b = (int(c) for c in rgb)
+    return (r << 16) | (g << 8) | b
+
+
 def _freeze(*arrays: np.ndarray) -> None:
     for array in arrays:
         array.setflags(write=False)
 
 
-def _table(spec: str, lut: np.ndarray, known: np.ndarray, names: list[str], colors: np.ndarray) -> ClassTable:
+def _table(spec: str, lut: np.ndarray, known: np.ndarray, names: list[str], colors: np.ndarray,
+           label_colors: tuple[tuple[int, int], ...] | None = None) -> ClassTable:
+    """label_colors: None = each class's own colour (the table names no other)."""
     colors = np.asarray(colors, dtype=np.uint8).reshape(len(names), 3)
     _freeze(lut, known, colors)
-    return ClassTable(spec, lut, known, tuple(names), colors)
+    if label_colors is None:
+        label_colors = tuple((_rgb24(c), t) for t, c in enumerate(colors))
+    return ClassTable(spec, lut, known, tuple(names), colors, label_colors)
 
 
 @functools.lru_cache(maxsize=None)  # read-only, so one shared instance is safe
@@ -114,7 +151,9 @@ def _cityscapes() -> ClassTable:
             lut[label.id] = label.trainId if 0 <= label.trainId < k else IGNORE
     names = [trainId2label[t].name for t in train_ids]
     colors = np.array([trainId2label[t].color for t in train_ids])
-    return _table("cityscapes", lut, known, names, colors)
+    # Every label id has a colour in gtFine_color.png; the ignored ones (black, dark red, ...) too.
+    label_colors = tuple(sorted({(_rgb24(label.color), int(lut[label.id])) for label in labels if 0 <= label.id < 256}))
+    return _table("cityscapes", lut, known, names, colors, label_colors)
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,6 +208,7 @@ def read_class_csv(path: str | Path) -> ClassTable:
     first_row: dict[int, int] = {}
     names: dict[int, str] = {}
     colors: dict[int, tuple[int, int, int] | None] = {}
+    label_colors: list[tuple[int, int]] = []
     for index, record in enumerate(frame.to_dict("records")):
         row = index + 2  # the header is line 1
         value = _parse_int(record["value"], "value", row, spec, 255)
@@ -179,16 +219,17 @@ def read_class_csv(path: str | Path) -> ClassTable:
         first_row[value] = row
         known[value] = True
         lut[value] = train_id
-        if train_id == IGNORE:
-            continue
-        if not name:
-            raise ConfigError(f"class table {spec} row {row}: train id {train_id} has an empty name")
         color = None
         text = str(record.get("color", "")).strip()
         if text:
             if not _COLOR.fullmatch(text):
                 raise ConfigError(f"class table {spec} row {row}: color = {text!r} is not #rrggbb")
             color = tuple(int(text[i:i + 2], 16) for i in (1, 3, 5))
+            label_colors.append((_rgb24(color), train_id))
+        if train_id == IGNORE:
+            continue
+        if not name:
+            raise ConfigError(f"class table {spec} row {row}: train id {train_id} has an empty name")
         if train_id in names:
             if names[train_id] != name or (color is not None and colors[train_id] not in (None, color)):
                 raise ConfigError(f"class table {spec} row {row}: train id {train_id} is already "
@@ -210,7 +251,7 @@ def read_class_csv(path: str | Path) -> ClassTable:
         raise ConfigError(f"class table {spec}: name {twice[0]!r} is given to more than one train id")
     fallback = default_colors(k)
     rgb = np.array([colors[t] if colors[t] is not None else fallback[t] for t in range(k)])
-    return _table(spec, lut, known, ordered, rgb)
+    return _table(spec, lut, known, ordered, rgb, tuple(label_colors))
 
 
 def load_class_table(spec: str) -> ClassTable:

@@ -1,31 +1,31 @@
 """The prepare stage: a synthetic, Cityscapes or folder tree -> resized images, trainId masks, the
-manifest and the class table (classes.csv) that every later stage reads."""
+manifest and the class table (classes.csv) that every later stage reads.
+
+All outputs (the prepared folder, the metrics file, the plots folder) are written to temporary
+siblings and moved into place together once everything succeeded (pixpro.io.stage_outputs): a
+failure at any point leaves the previous preparation as it was, never a fresh manifest next to a
+failed metrics file."""
 
 from __future__ import annotations
 
 import functools
-import multiprocessing
+import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from pixpro.config import DataConfig, Params
-from pixpro.data import synthetic
 from pixpro.data.cityscapes import Layout, Sample, discover, prepare_sample, prepared_paths
 from pixpro.data.classes import ClassTable, load_class_table, write_prepared_classes
 from pixpro.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, load_manifest  # noqa: F401 (re-exported)
-from pixpro.io import atomic_directory, atomic_write_json
-from pixpro.progress import progress_bar
-
-
-T = TypeVar("T")
-R = TypeVar("R")
+from pixpro.data.parallel import num_workers, parallel_map  # noqa: F401 (re-exported)
+from pixpro.data.synthetic import TREE_RECORD, tree_record
+from pixpro.errors import DataError
+from pixpro.io import stage_outputs
 
 
 @dataclass(frozen=True)
@@ -35,71 +35,60 @@ class PrepareResult:
     classes: ClassTable
 
 
-def num_workers(requested: int) -> int:
-    return requested or os.cpu_count() or 1
-
-
-def parallel_map(fn: Callable[[T], R], items: list[T], workers: int, description: str) -> Iterator[R]:
-    """Yield fn(item) for every item, in order, across processes, behind a progress bar.
-
-    A worker's exception is re-raised here and the pool is torn down.
-    """
-    with progress_bar() as progress:
-        task = progress.add_task(description, total=len(items))
-        if workers <= 1 or len(items) <= 1:
-            results: Iterable[R] = map(fn, items)
-            pool = None
-        else:
-            pool = multiprocessing.get_context("fork").Pool(workers)
-            results = pool.imap(fn, items, chunksize=max(1, min(16, len(items) // (4 * workers))))
-        try:
-            for result in results:
-                progress.advance(task)
-                yield result
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-
-
 def layout(data: DataConfig) -> Layout:
     """Where data.source's images and labels are; synthetic and cityscapes trees share one layout."""
     if data.source == "folder":
-        return Layout(data.image_suffix, data.label_suffix, tuple(data.unlabelled), cityscapes=False)
+        return Layout(data.image_suffix, data.label_suffix, data.image_dir, data.label_dir,
+                      tuple(data.unlabelled), cityscapes=False)
     return Layout(unlabelled=tuple(data.unlabelled))
 
 
+def check_synthetic_tree(params: Params) -> None:
+    """data.source synthetic reads the tree `pixpro synthesize` wrote at data.root; it must have
+    been written from these params, or the preparation would silently be of other scenes."""
+    root = Path(params.data.root)
+    record = root / TREE_RECORD
+    hint = f"run `pixpro synthesize {root} --params ...` (the `synthesize` stage of `dvc repro` does)"
+    if not record.is_file():
+        raise DataError(f"data.source is synthetic but data.root {root} holds no synthetic tree (no {TREE_RECORD}): "
+                        f"{hint}, or set data.source cityscapes or folder for a real tree")
+    syn = params.data.synthetic
+    expected = tree_record(syn.train, syn.val, syn.cities, syn.raw_size, params.seed, syn.extra)
+    try:
+        found = json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {record}: {err}; {hint}") from None
+    if found != expected:
+        changed = sorted(k for k in expected if found.get(k) != expected[k])
+        raise DataError(f"the synthetic tree at {root} was written with other params ({', '.join(changed)}: "
+                        f"{[found.get(k) for k in changed]}, params say {[expected[k] for k in changed]}): {hint}")
+
+
 def run_prepare(params: Params, out_dir: Path, metrics_path: Path, plots_dir: Path) -> PrepareResult:
-    """Write out_dir atomically (classes.csv, manifest last), then the frequency metrics and
-    example pictures."""
+    """Prepare data.root into out_dir (classes.csv, manifest), with the frequency metrics and
+    example pictures; the three outputs appear together or not at all."""
     data = params.data
-    workers = num_workers(data.workers)
-    out_dir = Path(out_dir)
     classes = load_class_table(data.classes)  # a broken table fails before anything is written
-    with atomic_directory(out_dir) as tmp:
-        if data.source == "synthetic":
-            root = tmp / "raw"
-            syn = data.synthetic
-            jobs = synthetic.scene_jobs(root, syn.train, syn.val, syn.cities, params.seed, syn.extra)
-            write = functools.partial(synthetic.write_scene, size=tuple(syn.raw_size))
-            for _ in parallel_map(write, jobs, workers, "generate synthetic scenes"):
-                pass
-        else:
-            root = Path(data.root)
-        samples = discover(root, use_extra=data.use_extra or data.source == "synthetic" and data.synthetic.extra > 0,
-                           layout=layout(data))
-        prepare = functools.partial(prepare_sample, out_dir=tmp, size=tuple(data.size), classes=classes)
-        counts = list(parallel_map(prepare, samples, workers, f"prepare {len(samples)} images"))
-        if data.source == "synthetic":
-            shutil.rmtree(root)  # reproducible from the seed; only the prepared copy is kept
-        manifest = build_manifest(samples, out_dir)
+    if data.source == "synthetic":
+        check_synthetic_tree(params)
+    use_extra = data.use_extra or (data.source == "synthetic" and data.synthetic.extra > 0)
+    samples = discover(Path(data.root), use_extra=use_extra, layout=layout(data))
+    with stage_outputs() as outputs:  # registered first: an unwritable path fails before the work
+        tmp, tmp_metrics = outputs.folder(out_dir), outputs.file(metrics_path)
+        tmp_plots = outputs.folder(plots_dir)
+        prepare = functools.partial(prepare_sample, out_dir=tmp, size=tuple(data.size), classes=classes,
+                                    label_mode=data.label_mode)
+        counts = list(parallel_map(prepare, samples, num_workers(data.workers), f"prepare {len(samples)} images"))
+        manifest = build_manifest(samples, Path(out_dir))
         write_prepared_classes(classes, tmp)
         manifest.to_csv(tmp / MANIFEST_NAME, index=False)
-    class_counts = {}
-    for split in manifest["split"].unique():
-        rows = np.flatnonzero(manifest["split"].to_numpy() == split)
-        class_counts[split] = np.sum([counts[i] for i in rows], axis=0)
-    write_frequency_outputs(class_counts, manifest, metrics_path, plots_dir, classes)
+        class_counts = {}
+        for split in manifest["split"].unique():
+            rows = np.flatnonzero(manifest["split"].to_numpy() == split)
+            class_counts[split] = np.sum([counts[i] for i in rows], axis=0)
+        write_frequency_outputs(class_counts, manifest, tmp_metrics, tmp_plots, classes)
+        _plot_examples([prepared_paths(tmp, s) for s in samples if s.label is not None],
+                       tmp_plots / "examples.png", classes)
     return PrepareResult(manifest, class_counts, classes)
 
 
@@ -124,30 +113,32 @@ def _relative(path: Path) -> str:
 
 def write_frequency_outputs(class_counts: dict[str, np.ndarray], manifest: pd.DataFrame,
                             metrics_path: Path, plots_dir: Path, classes: ClassTable) -> None:
-    """class_counts: split -> (K + 1,) pixel counts, K = classes.num_classes, the last is ignore."""
+    """class_counts: split -> (K + 1,) pixel counts, K = classes.num_classes, the last is ignore.
+
+    The metrics keep a few counts per split that diff meaningfully between runs; the per-class
+    frequencies (K numbers, many 0 on small data) go to plots_dir/class_frequency_<split>.csv.
+    """
     names = list(classes.names)
     k = classes.num_classes
     metrics = {}
-    plots_dir = Path(plots_dir)
-    plots_dir.mkdir(parents=True, exist_ok=True)
     for split, counts in class_counts.items():
         labelled = counts[:k].sum()
         entry = {"images": int((manifest["split"] == split).sum())}
         if labelled > 0:
             freq = counts[:k] / labelled
             entry["ignored_fraction"] = float(counts[k] / counts.sum())
-            entry["class_frequency"] = {n: round(float(f), 6) for n, f in zip(names, freq)}
+            entry["classes_present"] = int((counts[:k] > 0).sum())
             pd.DataFrame({"class": names, "fraction": freq}).to_csv(
-                plots_dir / f"class_frequency_{split}.csv", index=False)
+                Path(plots_dir) / f"class_frequency_{split}.csv", index=False)
         metrics[split] = entry
-    atomic_write_json(metrics_path, metrics)
-    _plot_examples(manifest, plots_dir / "examples.png", classes)
+    Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-def _plot_examples(manifest: pd.DataFrame, path: Path, classes: ClassTable, count: int = 4) -> None:
+def _plot_examples(paths: list, path: Path, classes: ClassTable, count: int = 4) -> None:
+    """paths: PreparedPaths of labelled images; the first `count` are drawn."""
     from pixpro.label_viz import plot_examples
 
-    labelled = manifest[manifest["mask"] != ""].head(count)
-    images = [np.asarray(Image.open(p)) for p in labelled["image"]]
-    masks = [np.asarray(Image.open(p)) for p in labelled["mask"]]
-    plot_examples(images, masks, path, colors=classes.colors, title="prepared images and trainId masks")
+    images = [np.asarray(Image.open(p.image)) for p in paths[:count]]
+    masks = [np.asarray(Image.open(p.mask)) for p in paths[:count]]
+    plot_examples(images, masks, path, colors=classes.colors, title="prepared images and trainId masks",
+                  names=list(classes.names))

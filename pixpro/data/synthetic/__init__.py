@@ -18,8 +18,8 @@ helpers), `scene` (camera, canvases, photographic finish), `background` (sky, st
 seed, the tree on disk).
 """
 
-from pixpro.data.synthetic.writer import (CITY_NAMES, EXTRA_SPLIT, SPLITS, SceneJob, generate_tree,
-                                          render_scene, scene_jobs, write_scene)
+from pixpro.data.synthetic.writer import (CITY_NAMES, EXTRA_SPLIT, SPLITS, TREE_RECORD, SceneJob, generate_tree,
+                                          render_scene, scene_jobs, tree_record, write_scene)
 
-__all__ = ["CITY_NAMES", "EXTRA_SPLIT", "SPLITS", "SceneJob", "generate_tree", "render_scene",
-           "scene_jobs", "write_scene"]
+__all__ = ["CITY_NAMES", "EXTRA_SPLIT", "SPLITS", "TREE_RECORD", "SceneJob", "generate_tree", "render_scene",
+           "scene_jobs", "tree_record", "write_scene"]

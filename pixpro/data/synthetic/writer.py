@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,20 +91,28 @@ def write_scene(job: SceneJob, size: tuple[int, int]) -> None:
         Image.fromarray(label).save(job.label_path)
 
 
-def _write_star(args: tuple[SceneJob, tuple[int, int]]) -> None:
-    write_scene(*args)
+TREE_RECORD = "synthetic.json"  # what the tree was generated from, so prepare can refuse a stale one
+
+
+def tree_record(n_train: int, n_val: int, n_cities: int, size, seed: int, n_extra: int = 0) -> dict:
+    """Everything the tree's bytes depend on (not the worker count)."""
+    return {"seed": int(seed), "train": int(n_train), "val": int(n_val), "extra": int(n_extra),
+            "cities": int(n_cities), "raw_size": [int(size[0]), int(size[1])]}
 
 
 def generate_tree(root: Path, n_train: int, n_val: int, n_cities: int, size: tuple[int, int],
                   seed: int, n_extra: int = 0, workers: int = 1) -> list[SceneJob]:
-    """Write the whole tree under root (a Pool of `workers` processes when > 1); returns the jobs."""
+    """Write the whole tree under root over `workers` processes; returns the jobs.
+
+    The one writer of the tree: `pixpro synthesize` (the synthesize stage) and the tests call it.
+    Every job renders from its own seed, so the bytes do not depend on `workers`.
+    """
+    from pixpro.data.parallel import parallel_map  # the progress bar: not needed to render one scene
+
     jobs = scene_jobs(root, n_train, n_val, n_cities, seed, n_extra)
-    size = (int(size[0]), int(size[1]))
-    if workers > 1:
-        with multiprocessing.Pool(workers) as pool:
-            for _ in pool.imap_unordered(_write_star, [(job, size) for job in jobs], chunksize=4):
-                pass
-    else:
-        for job in jobs:
-            write_scene(job, size)
+    write = functools.partial(write_scene, size=(int(size[0]), int(size[1])))
+    for _ in parallel_map(write, jobs, workers, f"generate {len(jobs)} synthetic scenes"):
+        pass
+    record = tree_record(n_train, n_val, n_cities, size, seed, n_extra)
+    (Path(root) / TREE_RECORD).write_text(json.dumps(record) + "\n")
     return jobs
