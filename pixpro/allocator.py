@@ -9,7 +9,7 @@ allocates with posix_memalign, whose small alignment fragments, parked there unc
 otherwise keep a freed block from being reused, and the heap would grow at every step.
 
 glibc reads tunables only at start-up, so the `pixpro` command re-executes itself once with
-them set, for the commands in `stages.cli.TUNED_COMMANDS` (the ones it speeds up). PIXPRO_MALLOC
+them set, for the commands in `pixpro.stages.cli.TUNED_COMMANDS` (the ones it speeds up). PIXPRO_MALLOC
 is `auto` (unset), `tuned` (every command) or `default` (none).
 """
 

@@ -14,9 +14,11 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from pixpro.data.cityscapes import read_image
 from pixpro.data.classes import ClassTable
 from pixpro.errors import CheckpointError, DataError, PixproError
 from pixpro.features import labelled_batches
+from pixpro.io import make_parents
 from pixpro.metrics import ConfusionAccumulator, SegmentationScores
 
 
@@ -97,7 +99,10 @@ def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFr
     if probe.out_features != classes.num_classes:
         raise CheckpointError(f"the probe predicts {probe.out_features} classes but the prepared data has "
                               f"{classes.num_classes}; rerun `dvc repro extract probe`")
-    predictions_dir.mkdir(parents=True, exist_ok=True)
+    make_parents(predictions_dir)  # a file in the way: one line, not a traceback
+    if predictions_dir.exists() and not predictions_dir.is_dir():
+        raise PixproError(f"cannot write predictions into {predictions_dir}: it is a file, not a folder")
+    predictions_dir.mkdir(exist_ok=True)
     accumulator = ConfusionAccumulator(classes.num_classes)
     kept: list[Overlay] = []
     probe = probe.to(device)
@@ -114,7 +119,7 @@ def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFr
                 array = prediction[b].numpy().astype(np.uint8)
                 writer.submit(save_prediction, array, predictions_dir / image_path.name)
                 if len(kept) < overlays:
-                    kept.append(Overlay(np.asarray(Image.open(image_path).convert("RGB")),
+                    kept.append(Overlay(np.asarray(read_image(image_path)),
                                         batch.mask[b].numpy().astype(np.uint8), array))
         writer.wait()  # re-raises a failed write
     return Evaluation(accumulator.scores(list(classes.names)), accumulator.conf, kept)

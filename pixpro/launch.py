@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import shlex
 import signal
+import sys
 from typing import Callable, Sequence
 
 from pixpro.config import PretrainConfig
 from pixpro.errors import DistributedFailure
 
 
+def worker_command(arguments: Sequence[str]) -> list[str]:
+    """The argv that runs `pixpro <arguments>` with this very interpreter: found without PATH (a
+    virtual environment's bin need not be on it), and the same environment as the launcher."""
+    return [sys.executable, "-m", "pixpro.stages.cli", *arguments]
+
+
 def torchrun_arguments(cfg: PretrainConfig, command: Sequence[str]) -> list[str]:
     """torchrun's arguments for one node: each of its `cfg.nproc` processes runs `command` (an
-    argv such as ["pixpro", "pretrain", ...]). Every node gets the same list."""
+    argv such as worker_command(["pretrain", ...])). Every node gets the same list."""
     if cfg.nnodes == 1:
         rendezvous = ["--standalone"]
     else:

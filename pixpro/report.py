@@ -4,20 +4,61 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
+from pixpro.backbones import BACKBONES
 from pixpro.errors import DataError
-from pixpro.config import BACKBONES
 
 
-def read_metrics(folder: Path) -> dict[str, dict]:
+class Expected(NamedTuple):
+    """What the summary reads from a metrics folder; checked up front, so a damaged file is named
+    instead of crashing the tables."""
+
+    stage: str  # the stage that writes the files, for the hint
+    scalars: tuple[str, ...] = ()  # numbers
+    per_class: tuple[str, ...] = ()  # {class: IoU or null}
+    fractions: bool = False  # at least one miou_<percent>pct number
+
+
+SEGMENTATION = Expected("evaluate", ("miou", "pixel_accuracy"), ("iou",))
+RETRIEVAL = Expected("retrieval", ("precision@1", "precision@10", "knn_miou"), ("knn_iou",))
+FINETUNE = Expected("finetune", fractions=True)
+
+
+def is_fraction_key(key: str) -> bool:
+    return key.startswith("miou_") and key.endswith("pct") and key[len("miou_"):-len("pct")].isdigit()
+
+
+def read_metrics(folder: Path, expects: Expected = FINETUNE) -> dict[str, dict]:
+    """{backbone: metrics} from `folder`/<backbone>.json; a file that is missing, not JSON (a
+    truncated write) or lacks a key of `expects` raises DataError naming the file and key."""
     scores = {}
     for backbone in BACKBONES:
         path = Path(folder) / f"{backbone}.json"
+        rerun = f"rerun `dvc repro {expects.stage}`"
         if not path.is_file():
             raise DataError(f"{path} not found: run `dvc repro` for the evaluation stages first")
-        scores[backbone] = json.loads(path.read_text())
+        try:
+            metrics = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError(f"{path} is not valid JSON ({err}); {rerun}") from None
+        if not isinstance(metrics, dict):
+            raise DataError(f"{path} holds a {type(metrics).__name__}, not a metrics object; {rerun}")
+        for key in expects.scalars + expects.per_class:
+            if key not in metrics:
+                raise DataError(f"{path} has no key {key!r}; {rerun}")
+        numbers = list(expects.scalars) + [k for k in metrics if expects.fractions and is_fraction_key(k)]
+        for key in numbers:
+            if not isinstance(metrics[key], (int, float)) or isinstance(metrics[key], bool):
+                raise DataError(f"{path}: {key!r} is {metrics[key]!r}, not a number; {rerun}")
+        for key in expects.per_class:
+            if not isinstance(metrics[key], dict):
+                raise DataError(f"{path}: {key!r} is not a per-class object; {rerun}")
+        if expects.fractions and not any(is_fraction_key(k) for k in metrics):
+            raise DataError(f"{path} has no key 'miou_<percent>pct'; {rerun}")
+        scores[backbone] = metrics
     return scores
 
 
@@ -51,7 +92,7 @@ def per_class_table(segmentation: dict[str, dict], retrieval: dict[str, dict]) -
 
 def finetune_table(finetune: dict[str, dict]) -> pd.DataFrame:
     """Fine-tuned mIoU per labelled fraction (rows, in the metrics' order) for both backbones."""
-    keys = [k for k in finetune[BACKBONES[0]] if k.startswith("miou_") and k.endswith("pct")]
+    keys = [k for k in finetune[BACKBONES[0]] if is_fraction_key(k)]
     rows = {}
     for key in keys:
         percent = key[len("miou_"):-len("pct")]
@@ -66,13 +107,13 @@ def finetune_curves(finetune: dict[str, dict]) -> dict[str, tuple[list[float], l
     curves = {}
     for backbone, metrics in finetune.items():
         points = sorted((int(k[len("miou_"):-len("pct")]) / 100, v) for k, v in metrics.items()
-                        if k.startswith("miou_") and k.endswith("pct"))
+                        if is_fraction_key(k))
         curves[backbone] = ([p for p, _ in points], [v for _, v in points])
     return curves
 
 
 def summary_markdown(segmentation_dir: Path, retrieval_dir: Path, finetune_dir: Path | None = None) -> str:
-    segmentation, retrieval = read_metrics(segmentation_dir), read_metrics(retrieval_dir)
+    segmentation, retrieval = read_metrics(segmentation_dir, SEGMENTATION), read_metrics(retrieval_dir, RETRIEVAL)
     overall = overall_table(segmentation, retrieval)
     per_class = per_class_table(segmentation, retrieval)
     finetune = []

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from pixpro.config import RetrievalConfig
 from pixpro.data.classes import IGNORE, ClassTable
 from pixpro.data.views import load_image_tensor, normalize
 from pixpro.errors import CheckpointError, ConfigError
-from pixpro.features import FeatureBank, embed, labelled_batches
+from pixpro.features import FeatureBank, embed, labelled_batches, read_prepared_mask
 from pixpro.metrics import ConfusionAccumulator, SegmentationScores, knn_vote, precision_at_k, topk_cosine
 
 
@@ -68,7 +67,7 @@ def run_retrieval(backbone: nn.Module, bank: FeatureBank, val_rows: pd.DataFrame
                           f"pixels but the feature bank holds {len(bank.labels)} pixels; raise "
                           f"extract.pixels_per_image or lower retrieval.k / retrieval.knn_k")
     generator = torch.Generator().manual_seed(seed)
-    masks = [np.asarray(Image.open(p)) for p in val_rows["mask"]]
+    masks = [read_prepared_mask(p) for p in val_rows["mask"]]
     query_image, query_pixel = stratified_queries(masks, cfg.queries, generator, classes.num_classes)
     gallery = bank.features.to(device)  # (N, C) float16, unit length
     gallery_labels = bank.labels.long().to(device)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from stages._common import err_console, user_errors
+from ._common import err_console, user_errors
 
 
 @user_errors("compare")
@@ -21,16 +22,24 @@ def main(
     out_dir: Path = typer.Option(Path("reports"), "--out-dir",
                                  help="Where compare.md, compare.csv and compare.png go."),
     all_commits: bool = typer.Option(False, "--all-commits", "-A",
-                                     help="Experiments of every commit, not only those of HEAD "
-                                          "(dvc exp show --all-commits)."),
+                                     help="Experiments of every first-parent commit, not only those of HEAD."),
     segmentation: str = typer.Option("metrics/segmentation", help="Segmentation metrics folder in the repo."),
     retrieval: str = typer.Option("metrics/retrieval", help="Retrieval metrics folder in the repo."),
+    metric: list[str] = typer.Option([], "--metric", metavar="METRIC",
+                                     help="What to compare (repeatable): miou, knn_miou, p1, or FOLDER.KEY of "
+                                          "metrics/FOLDER/<backbone>.json, e.g. finetune.miou_5pct or "
+                                          "segmentation.iou.road. Default: miou, knn_miou, p1."),
+    results: Optional[Path] = typer.Option(None, "--results", metavar="CSV",
+                                 help="Read the runs of a seed-sweep result file (experiments/results/*.csv and "
+                                      "its *_curves/ folder) instead of DVC's experiments; grouped by `setting` "
+                                      "unless --by says otherwise."),
 ) -> None:
     """Compare DVC experiments over seeds: the workspace, the HEAD commit and its experiments
     (`dvc exp show`), grouped by their parameters. Queued, running and failed experiments, and
     any run without all four metrics files, are listed and left out.
 
-    One table per metric (probe mIoU, kNN mIoU, P@1), in points (x 100):
+    One table per metric (by default probe mIoU, kNN mIoU, P@1; --metric finetune.miou_5pct
+    for the fine-tuned label-efficiency scores), in points (x 100):
 
     group: the parameter values shared by the group's runs.
     n, seeds: how many runs, and their seeds.
@@ -45,6 +54,10 @@ def main(
 
     Writes OUT_DIR/compare.md, compare.csv (every number, as fractions 0-1 like the metrics
     files) and compare.png (the paired gain per group with its 95% interval); nothing on error.
+
+    A seed sweep: dvc exp run --queue -S seed=0,1,2 -S pretrain.ppm.window=5,7, then
+    dvc queue start (each run in its own workspace), then pixpro compare --baseline
+    pretrain.ppm.window=7. --results CSV compares the sweeps recorded under experiments/results/.
     """
     import sys
 
@@ -52,29 +65,30 @@ def main(
     from rich.markup import escape
     from rich.table import Table
 
-    from pixpro.compare import (
-        METRICS,
-        compare_runs,
-        display_rows,
-        exp_show_json,
-        gain_plot_png,
-        markdown_report,
-        metric_sources,
-        parse_baseline,
-        rows_from_exp_show,
-        runs_frame,
-    )
+    from pixpro.compare import compare_runs, display_table, markdown_report, parse_baseline
+    from pixpro.compare_plot import gain_plot_png
     from pixpro.errors import DataError
     from pixpro.io import atomic_write, atomic_write_text
+    from pixpro.runs import (DEFAULT_METRICS, SETTING, complete_runs, exp_show_rows, load_result_rows,
+                             metric_sources, parse_metric, rows_from_exp_show, runs_frame)
 
-    wanted_baseline = parse_baseline(baseline)  # a typo fails before DVC is even asked
-    shown = exp_show_json(repo, all_commits)
-    if not shown:
-        raise DataError(f"`dvc exp show` lists no commit or experiment in {repo}")
-    runs = runs_frame(rows_from_exp_show(shown, metric_sources(segmentation, retrieval)))
+    # A typo fails before DVC is even asked.
+    metrics = [parse_metric(spec) for spec in metric] or list(DEFAULT_METRICS)
+    wanted_baseline = parse_baseline(baseline)
+    if results is not None:
+        runs = complete_runs(load_result_rows(results), metrics)
+        source = str(results)
+        by = by or [SETTING]
+    else:
+        shown, params = exp_show_rows(repo, all_commits)
+        if not shown:
+            raise DataError(f"`dvc exp show` lists no commit or experiment in {repo}")
+        sources = metric_sources(metrics, segmentation, retrieval)
+        runs = runs_frame(rows_from_exp_show(shown, params, sources), list(sources))
+        source = str(repo)
     left_out = ", ".join(f"{name} ({why})" for name, why in runs.left_out)
     if runs.frame.empty:
-        raise DataError(f"no experiment in {repo} has all its metrics (left out: {left_out or 'none'}); "
+        raise DataError(f"no experiment in {source} has all its metrics (left out: {left_out or 'none'}); "
                         "run `dvc exp run` first")
     if left_out:
         err_console.print(f"[yellow]pixpro compare: warning:[/] left out {len(runs.left_out)} without "
@@ -83,7 +97,7 @@ def main(
         err_console.print("pixpro compare: counted once, same params and metrics: "
                           + escape(", ".join(f"{name} = {same}" for name, same in runs.repeats)), soft_wrap=True)
 
-    comparison = compare_runs(runs.frame, by, wanted_baseline)
+    comparison = compare_runs(runs.frame, by, wanted_baseline, metrics=metrics)
     # Everything is rendered before the first file is written, so an error leaves no outputs.
     markdown = markdown_report(comparison, runs.left_out)
     csv = comparison.table.to_csv(index=False)
@@ -91,12 +105,12 @@ def main(
 
     # Piped or redirected, rich would wrap at 80 columns; a file can be as wide as the table.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    for metric, (_, _, title) in METRICS.items():
-        header, cells = display_rows(comparison, metric, separator="\n")
-        table = Table(title=f"{title} (points)", show_lines=True)
-        for column in header:
+    for chosen in comparison.metrics:
+        cells = display_table(comparison, chosen, separator="\n")
+        table = Table(title=f"{chosen.title} (points)", show_lines=True)
+        for column in cells.columns:
             table.add_column(column, justify="left" if column in ("group", "seeds", "verdict") else "right")
-        for line in cells:
+        for line in cells.itertuples(index=False):
             table.add_row(*(escape(cell) for cell in line))
         console.print(table)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from pixpro.errors import ConfigError
-from stages._common import PARAMS_OPTION, err_console, load, user_errors
+from ._common import PARAMS_OPTION, err_console, load, user_errors
 
 
 @user_errors("pretrain")
@@ -33,9 +33,10 @@ def main(
         if os.environ.get("TORCHELASTIC_RUN_ID"):
             raise ConfigError("--launch starts torchrun itself: drop it when running under torchrun")
         from pixpro.launch import launch as launch_processes
+        from pixpro.launch import worker_command
 
-        command = ["pixpro", "pretrain", "--params", str(params), "--data", str(data), "--out", str(out),
-                   "--checkpoints", str(checkpoints), "--live", str(live)]
+        command = worker_command(["pretrain", "--params", str(params), "--data", str(data), "--out", str(out),
+                                  "--checkpoints", str(checkpoints), "--live", str(live)])
         code = launch_processes(cfg.pretrain, command, log=lambda line: err_console.print(line, markup=False))
         if code:
             raise typer.Exit(code)

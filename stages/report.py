@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from stages._common import err_console, user_errors
+from ._common import err_console, user_errors
 
 
 @user_errors("report")
@@ -20,15 +20,16 @@ def main(
     plots: Optional[Path] = typer.Option(None, help="Folder for the label-efficiency picture (with --finetune)."),
 ) -> None:
     """Tabulate pretrained vs random, overall, per class and per labelled fraction, with the gain."""
-    from pixpro.io import atomic_write_text
-    from pixpro.report import summary_markdown
+    from pixpro.io import stage_outputs
+    from pixpro.report import finetune_curves, read_metrics, summary_markdown
+    from pixpro.viz import plot_label_efficiency
 
-    text = summary_markdown(segmentation, retrieval, finetune)
-    atomic_write_text(out, text)
-    if finetune is not None and plots is not None:
-        from pixpro.report import finetune_curves, read_metrics
-        from pixpro.viz import plot_label_efficiency
-
-        plot_label_efficiency(finetune_curves(read_metrics(finetune)), plots / "label_efficiency.png",
-                              "fine-tuned end to end on a share of the labels")
+    with stage_outputs() as outputs:
+        out_tmp = outputs.file(out)
+        plots_tmp = outputs.folder(plots) if finetune is not None and plots is not None else None
+        text = summary_markdown(segmentation, retrieval, finetune)
+        out_tmp.write_text(text)
+        if plots_tmp is not None:
+            plot_label_efficiency(finetune_curves(read_metrics(finetune)), plots_tmp / "label_efficiency.png",
+                                  "fine-tuned end to end on a share of the labels")
     err_console.print(text)

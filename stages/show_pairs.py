@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from stages._common import DATA_OPTION, PARAMS_OPTION, err_console, load, user_errors
+from ._common import DATA_OPTION, PARAMS_OPTION, err_console, load, user_errors
 
 if TYPE_CHECKING:  # imported where used: `pixpro --help` should not load torch
     import numpy as np
     import torch
+
+    from pixpro.config import Params
 
 
 def _to_rgb(view: torch.Tensor) -> np.ndarray:
@@ -35,6 +37,17 @@ def main(
 ) -> None:
     """Show what pretraining sees: the two views' boxes on the image, and lines joining the
     positive pixel pairs found between the views (with the params' crop, flip and threshold)."""
+    from pixpro.io import stage_outputs
+
+    cfg = load(params)
+    with stage_outputs() as outputs:
+        found, drawn = draw_pairs(cfg, data, image, epoch, pairs, outputs.file(out))
+    err_console.print(f"{found} positive pairs; drew {drawn} -> {out}")
+
+
+def draw_pairs(cfg: Params, data: Path, image: int, epoch: int, pairs: int, out: Path) -> tuple[int, int]:
+    """Draw up to `pairs` positive pairs of one image's two views into `out`; returns how many
+    pairs were found and how many drawn."""
     import torch
 
     from pixpro.data.views import TwoViewDataset, load_image_tensor
@@ -42,7 +55,6 @@ def main(
     from pixpro.train import pretraining_images
     from pixpro.viz import plot_pairs
 
-    cfg = load(params)
     paths = pretraining_images(data)
     dataset = TwoViewDataset(paths, cfg.pretrain.views, cfg.seed)
     item = dataset[(epoch, image)]
@@ -57,4 +69,4 @@ def main(
                [_to_rgb(item.view1), _to_rgb(item.view2)],
                [(int(i) // width, int(i) % width) for i in index1],
                [(int(i) // width, int(i) % width) for i in index2], out)
-    err_console.print(f"{int(found.count[0])} positive pairs; drew {len(keep)} -> {out}")
+    return int(found.count[0]), len(keep)

@@ -12,7 +12,7 @@ import pytest
 
 from pixpro import allocator
 from pixpro.allocator import TUNABLES, tuned_environment
-from stages.cli import wants_tuned_malloc
+from pixpro.stages.cli import wants_tuned_malloc
 from tests.conftest import REPO
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc tunables")
@@ -63,7 +63,7 @@ def test_tuned_environment_keeps_user_tunables_and_is_idempotent():
 
 
 def test_cli_help_does_not_import_torch():
-    code = "import sys; from stages.cli import app; print('torch' in sys.modules)"
+    code = "import sys; from pixpro.stages.cli import app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                          check=True)
     assert out.stdout.strip() == "False"
@@ -111,7 +111,7 @@ def test_an_unknown_malloc_mode_is_a_one_line_error():
 @pytest.mark.parametrize("command, restarted", [("report", False), ("extract", True)])
 def test_the_console_entry_restarts_only_tuned_commands(command, restarted):
     # The child prints its GLIBC_TUNABLES from inside the command, after main() had its chance to restart.
-    code = (f"import sys; import stages.cli as cli; sys.argv = ['pixpro', {command!r}]\n"
+    code = (f"import sys; import pixpro.stages.cli as cli; sys.argv = ['pixpro', {command!r}]\n"
             "cli.app = lambda: print('TUNABLES=' + __import__('os').environ.get('GLIBC_TUNABLES', ''))\n"
             "cli.main()")
     environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "PIXPRO_MALLOC")}

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import errno
 import inspect
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +30,7 @@ from pixpro.io import atomic_write_json
 from pixpro.probe import fit_probe, probe_from_state
 from pixpro.retrieval import run_retrieval
 from pixpro.train import pretrain
-from stages.cli import app
+from pixpro.stages.cli import app
 from tests.conftest import REPO, TINY_EVAL, TINY_PRETRAIN, VENV_BIN, free_port, make_eval_params, tiny_params
 
 CPU = torch.device("cpu")
@@ -103,39 +106,31 @@ def only_file_left(path: Path) -> list[str]:
     return sorted(p.name for p in path.parent.iterdir())
 
 
-@pytest.mark.parametrize("where", ["write", "fsync"])
-def test_disk_full_json_write_keeps_the_previous_file(tmp_path, monkeypatch, where):
-    path = tmp_path / "metrics" / "scores.json"
-    atomic_write_json(path, {"miou": 0.5})
-    before = path.read_bytes()
-    if where == "write":
-        monkeypatch.setattr(Path, "write_text", half_then_disk_full(Path.write_text))
-    else:
-        monkeypatch.setattr(pixpro.io.os, "fsync", disk_full)
-    with pytest.raises(PixproError, match="No space left on device; the previous version is intact") as err:
-        atomic_write_json(path, {"miou": 0.75, "iou": list(range(100))})
-    assert str(path) in str(err.value)
-    monkeypatch.undo()
-    assert path.read_bytes() == before
-    assert only_file_left(path) == ["scores.json"]  # no temp file left behind
+def write_json(path: Path, version: int) -> None:
+    atomic_write_json(path, {"miou": 0.25 * version, "iou": list(range(100 * version))})
+
+
+def write_checkpoint(path: Path, version: int) -> None:
+    save_checkpoint(path, {"step": version, "weights": torch.arange(1000.0 * version)})
 
 
 @pytest.mark.parametrize("where", ["write", "fsync"])
-def test_disk_full_checkpoint_save_keeps_the_previous_file(tmp_path, monkeypatch, where):
-    path = tmp_path / "ckpt" / "last.pt"
-    save_checkpoint(path, {"step": 1, "weights": torch.arange(1000.0)})
+@pytest.mark.parametrize("name, write, method", [("scores.json", write_json, "write_text"),
+                                                 ("last.pt", write_checkpoint, "write_bytes")])
+def test_disk_full_keeps_the_previous_file(tmp_path, monkeypatch, where, name, write, method):
+    path = tmp_path / "out" / name
+    write(path, 1)
     before = path.read_bytes()
     if where == "write":
-        monkeypatch.setattr(Path, "write_bytes", half_then_disk_full(Path.write_bytes))
+        monkeypatch.setattr(Path, method, half_then_disk_full(getattr(Path, method)))
     else:
         monkeypatch.setattr(pixpro.io.os, "fsync", disk_full)
     with pytest.raises(PixproError, match="No space left on device; the previous version is intact") as err:
-        save_checkpoint(path, {"step": 2, "weights": torch.arange(2000.0)})
+        write(path, 2)
     assert str(path) in str(err.value)
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert torch.load(path, weights_only=False)["step"] == 1
-    assert only_file_left(path) == ["last.pt"]
+    assert only_file_left(path) == [name]  # no temp file left behind
 
 
 def test_disk_full_on_a_first_write_leaves_nothing_and_claims_no_previous_version(tmp_path, monkeypatch):
@@ -224,6 +219,9 @@ BAD_PARAMS = {
     "retrieval": ("seed", -1),
     "show-pairs": ("probe.tolerance", 0),
     "finetune": ("retrieval.knn_k", 0),
+    "params": ("evaluate.batch_size", 0),
+    "scan-data": ("finetune.steps", 0),
+    "predict": ("probe.max_iter", 0),
 }
 
 
@@ -242,6 +240,9 @@ def stage_arguments(command: str, out: Path, params: Path) -> list:
         "show-pairs": [*data, "--out", out / "pairs.png"],
         "finetune": ["--backbone", "random", *data, "--metrics", out / "m.json", "--curve", out / "c.csv",
                      "--resume", out / "r.json"],
+        "params": [],
+        "scan-data": ["--write-classes", out / "classes.csv"],
+        "predict": [out / "image.png", "--out", out / "predictions"],
     }[command] + ["--params", params]
 
 
@@ -418,3 +419,293 @@ def test_every_command_has_help_with_a_description(command):
     first_line = inspect.getdoc(registered.callback).splitlines()[0]
     assert first_line and " ".join(first_line.split()[:6]) in " ".join(result.output.split())
     assert "--help" in result.output
+
+
+# --- every stage fails whole --------------------------------------------------------------------
+
+
+def test_staged_outputs_move_in_together_and_replace_whole_folders(tmp_path):
+    metrics, plots = tmp_path / "metrics" / "m.json", tmp_path / "plots"
+    metrics.parent.mkdir()
+    metrics.write_text("old")
+    (plots / "stale.png").parent.mkdir()
+    (plots / "stale.png").write_text("from an earlier run")
+    with pixpro.io.stage_outputs() as outputs:
+        metrics_tmp, plots_tmp = outputs.file(metrics), outputs.folder(plots)
+        metrics_tmp.write_text("new")
+        (plots_tmp / "fresh.png").write_text("new")
+        assert metrics.read_text() == "old" and (plots / "stale.png").exists()  # nothing moves before the end
+    assert metrics.read_text() == "new"
+    assert sorted(p.name for p in plots.iterdir()) == ["fresh.png"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["fresh.png", "m.json", "metrics", "plots"]
+
+
+def test_a_failed_stage_leaves_the_previous_outputs_and_no_new_folders(tmp_path):
+    metrics, plots = tmp_path / "m.json", tmp_path / "new" / "deeper" / "plots"
+    metrics.write_text("old")
+    with pytest.raises(RuntimeError, match="late failure"):
+        with pixpro.io.stage_outputs() as outputs:
+            outputs.file(metrics).write_text("new")
+            (outputs.folder(plots) / "a.png").write_text("new")
+            raise RuntimeError("late failure")
+    assert metrics.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # no temp file, no empty folder
+
+
+def test_a_failed_move_into_place_puts_every_previous_output_back(tmp_path, monkeypatch):
+    first, second = tmp_path / "a.json", tmp_path / "b"
+    first.write_text("old a")
+    second.mkdir()
+    (second / "x.png").write_text("old b")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".b.tmp-"):  # the second output's move into place fails
+            raise OSError(errno.EIO, "Input/output error", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(pixpro.io.os, "replace", replace)
+    with pytest.raises(PixproError, match="the previous outputs are intact"):
+        with pixpro.io.stage_outputs() as outputs:
+            outputs.file(first).write_text("new a")
+            (outputs.folder(second) / "x.png").write_text("new b")
+    assert first.read_text() == "old a" and (second / "x.png").read_text() == "old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b"]
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_an_output_under_a_file_is_named_before_any_work(tmp_path, kind):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("a file, not a folder")
+    for output in (blocker / "x.json", blocker / "sub" / "x.json"):
+        with pytest.raises(PixproError, match=f"cannot write {output}: {blocker} is a file, not a folder"):
+            with pixpro.io.stage_outputs() as outputs:
+                getattr(outputs, kind)(output)
+                pytest.fail("the block ran")
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_an_output_os_error_is_restated_for_the_output(tmp_path):
+    metrics = tmp_path / "m.json"
+    with pytest.raises(PixproError, match=f"could not write {metrics}: No space left on device; nothing was"):
+        with pixpro.io.stage_outputs() as outputs:
+            tmp = outputs.file(metrics)
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert list(tmp_path.iterdir()) == []
+
+
+# Each per-backbone stage, run through the CLI for the random backbone into one folder; `report`
+# reads the random metrics twice (as both backbones).
+STAGE_OUTPUTS = {
+    "extract": ["bank.pt"],
+    "probe": ["probe.pt", "probe.csv"],
+    "evaluate": ["predictions", "evaluate_plots", "segmentation/random.json"],
+    "retrieval": ["retrieval_plots", "retrieval/random.json"],
+    "finetune": ["finetune.csv", "finetune/random.json"],
+    "report": ["summary.md", "report_plots"],
+}
+
+
+def run_stage(command: str, run: Path, prepared: Path, **paths: Path) -> list:
+    """The command line of `command` on `run`'s files; `paths` replaces output options."""
+    params = ["--params", run / "params.yaml"]
+    options = {
+        "extract": {"out": run / "bank.pt"},
+        "probe": {"bank": run / "bank.pt", "out": run / "probe.pt", "curve": run / "probe.csv"},
+        "evaluate": {"probe": run / "probe.pt", "predictions": run / "predictions", "plots": run / "evaluate_plots",
+                     "metrics": run / "segmentation" / "random.json"},
+        "retrieval": {"bank": run / "bank.pt", "plots": run / "retrieval_plots",
+                      "metrics": run / "retrieval" / "random.json"},
+        "finetune": {"curve": run / "finetune.csv", "resume": run / "resume.json",
+                     "metrics": run / "finetune" / "random.json"},
+        "report": {"segmentation": run / "segmentation", "retrieval": run / "retrieval",
+                   "finetune": run / "finetune", "out": run / "summary.md", "plots": run / "report_plots"},
+    }[command]
+    fixed = {"report": [], "probe": params}.get(command, ["--backbone", "random", *params, "--data", prepared])
+    return [command, *fixed, *(a for key, value in {**options, **paths}.items() for a in (f"--{key}", value))]
+
+
+def as_both_backbones(run: Path) -> None:
+    for folder in ("segmentation", "retrieval", "finetune"):
+        (run / folder / "pretrained.json").write_bytes((run / folder / "random.json").read_bytes())
+
+
+@pytest.fixture(scope="module")
+def finished_run(prepared, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    write_params(run / "params.yaml")
+    for command in STAGE_OUTPUTS:
+        if command == "report":
+            as_both_backbones(run)
+        code, output = invoke(*run_stage(command, run, prepared))
+        assert code == 0, output
+    return run
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    """Every file under `run` (relative path -> bytes)."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def leftovers(run: Path) -> list[str]:
+    return [str(p) for p in run.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_the_finished_run_has_every_stage_output(finished_run):
+    for outputs in STAGE_OUTPUTS.values():
+        for output in outputs:
+            assert (finished_run / output).exists(), output
+    assert sorted(p.name for p in (finished_run / "evaluate_plots").iterdir()) == [
+        "confusion.png", "overlays.png", "per_class_iou.csv"]
+    assert leftovers(finished_run) == []
+
+
+def disk_full_for(monkeypatch, output: str) -> None:
+    """Every later open for writing of `output`'s temporary file (or a file in its temporary
+    folder) hits a full disk."""
+    real_open = open
+    marker = f".{Path(output).name}.tmp-"
+
+    def full_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and marker in str(file) and set(mode) & set("wxa"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full_open)
+    monkeypatch.setattr("io.open", full_open)
+
+
+@pytest.mark.parametrize("command", list(STAGE_OUTPUTS))
+def test_a_stage_whose_last_write_fails_keeps_all_its_previous_outputs(finished_run, prepared, tmp_path, monkeypatch,
+                                                                      command):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    last = STAGE_OUTPUTS[command][-1]
+    disk_full_for(monkeypatch, last)
+    code, output = invoke(*run_stage(command, run, prepared))
+    monkeypatch.undo()
+    assert code == 1, output
+    assert len(error_lines(output)) == 1 and f"pixpro {command}: error:" in output, output
+    assert f"could not write {run / last}" in output and "No space left on device" in output, output
+    assert "the previous version is intact" in output and "Traceback" not in output, output
+    assert snapshot(run) == before  # not one output replaced, added or removed
+    assert leftovers(run) == []
+
+
+@pytest.mark.parametrize("command", list(STAGE_OUTPUTS))
+def test_a_stage_output_under_a_file_is_one_line_before_any_work(finished_run, prepared, tmp_path, command):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    blocker = run / "probe.csv"  # a regular file, used as a folder below
+    option = {"extract": "out", "probe": "curve", "report": "plots"}.get(command, "metrics")
+    output = blocker / "sub" / "x.json"
+    code, text = invoke(*run_stage(command, run, prepared, **{option: output}))
+    assert code == 1, text
+    assert len(error_lines(text)) == 1 and f"pixpro {command}: error:" in text, text
+    assert f"cannot write {output}: {blocker} is a file, not a folder" in " ".join(text.split()), text
+    assert snapshot(run) == before and leftovers(run) == []
+
+
+def test_left_out_paths_are_the_stage_layout_of_the_backbone(finished_run, tmp_path, monkeypatch):
+    (tmp_path / "features" / "random").mkdir(parents=True)
+    shutil.copy(finished_run / "bank.pt", tmp_path / "features" / "random" / "bank.pt")
+    monkeypatch.chdir(tmp_path)
+    code, output = invoke("probe", "--backbone", "random", "--params", finished_run / "params.yaml")
+    assert code == 0, output
+    assert (tmp_path / "models" / "probe" / "random.pt").read_bytes() == (finished_run / "probe.pt").read_bytes()
+    assert (tmp_path / "plots" / "probe" / "random.csv").is_file()
+
+
+def test_show_pairs_fails_whole(prepared, tmp_path, monkeypatch):
+    params, out = write_params(tmp_path / "params.yaml"), tmp_path / "pairs.png"
+    command = ["show-pairs", "--params", params, "--data", prepared, "--out", out]
+    code, output = invoke(*command)
+    assert code == 0, output
+    before = out.read_bytes()
+    disk_full_for(monkeypatch, "pairs.png")
+    code, output = invoke(*command)
+    monkeypatch.undo()
+    assert code == 1 and len(error_lines(output)) == 1, output
+    assert f"could not write {out}: No space left on device; the previous version is intact" in output, output
+    assert out.read_bytes() == before and leftovers(tmp_path) == []
+    code, output = invoke(*command[:-1], params / "pairs.png")
+    assert code == 1 and f"{params} is a file, not a folder" in " ".join(output.split()), output
+
+
+# --- damaged inputs ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def damaged(tmp_path) -> Path:
+    """A freshly prepared copy of the tiny data, for a test to damage."""
+    from pixpro.data.prepare import run_prepare
+    from tests.conftest import make_params, synthesize
+
+    params = make_params(**{"data.root": str(synthesize(make_params(), tmp_path / "raw"))})
+    run_prepare(params, tmp_path / "data", tmp_path / "metrics.json", tmp_path / "plots")
+    return tmp_path / "data"
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+@pytest.mark.parametrize("damage", ["truncated image", "truncated mask", "deleted mask"])
+@pytest.mark.parametrize("command, split", [("evaluate", "val"), ("retrieval", "val"), ("extract", "train"),
+                                            ("finetune", "train")])
+def test_damaged_prepared_data_names_the_file(finished_run, damaged, tmp_path, command, split, damage):
+    row = split_rows(damaged, split).iloc[-1]
+    path = Path(row["image" if damage == "truncated image" else "mask"])
+    truncate(path) if damage.startswith("truncated") else path.unlink()
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    code, output = invoke(*run_stage(command, run, damaged))
+    assert code == 1, output
+    assert len(error_lines(output)) == 1 and f"pixpro {command}: error:" in output, output
+    assert str(path) in " ".join(output.split()) and "rerun `pixpro prepare`" in output, output
+    assert "Traceback" not in output
+    # finetune's resume file is progressive by design: fractions finished before the damage are kept
+    after = snapshot(run)
+    if command == "finetune":
+        before.pop("resume.json"), after.pop("resume.json")
+    assert after == before and leftovers(run) == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", r"is not valid JSON"),
+    ("no miou", r"has no key 'miou'"),
+    ("a string", r"'miou' is 'high', not a number"),
+    ("a list", r"holds a list, not a metrics object"),
+])
+def test_report_names_a_damaged_metrics_file_and_key(finished_run, tmp_path, damage, message):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    path = run / "segmentation" / "random.json"
+    metrics = json.loads(path.read_text())
+    if damage == "truncated":
+        truncate(path)
+    else:
+        changed = [1, 2] if damage == "a list" else {**metrics, "miou": "high"} if damage == "a string" else {
+            k: v for k, v in metrics.items() if k != "miou"}
+        path.write_text(json.dumps(changed))
+    before[str(path.relative_to(run))] = path.read_bytes()
+    code, output = invoke(*run_stage("report", run, run))
+    assert code == 1, output
+    assert len(error_lines(output)) == 1 and "pixpro report: error:" in output, output
+    assert re.search(message, output) and str(path) in " ".join(output.split()), output
+    assert "rerun `dvc repro evaluate`" in output and "Traceback" not in output
+    assert snapshot(run) == before and leftovers(run) == []
+
+
+def test_report_names_finetune_metrics_without_fractions(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    path = run / "finetune" / "pretrained.json"
+    path.write_text(json.dumps({"labelled_images_100pct": 4}))
+    code, output = invoke(*run_stage("report", run, run))
+    assert code == 1 and f"{path} has no key 'miou_<percent>pct'" in " ".join(output.split()), output
