@@ -8,38 +8,46 @@
   `pixpro_backbone.json` giving the constructor: `ClassicUNet(widths, dim)` from
   `pixpro.model.backbone`.
 
-Both folders also hold `pixpro_backbone.json` (the backbone config and where it came from), which
-is what `load_backbone` reads.
+Both folders also hold `pixpro_backbone.json`: the backbone config, where it came from, and its
+`preprocessing`: `mean` and `std` (ImageNet's), `input_range` [0, 1] (uint8 / 255 before
+normalising), `input_space` RGB and `l2_normalize` (the probe reads unit-length features).
+Feeding 0-255 tensors, or skipping the normalisation, gives other features than the probe saw.
+
+`pixpro.load_backbone` reads an export folder or models/backbone.pt and applies that preprocessing:
+
+```python
+import pixpro
+from PIL import Image
+
+backbone = pixpro.load_backbone("models/backbone.pt")    # or a `pixpro export` folder
+image = backbone.preprocess(Image.open("frame.png"))     # (1, 3, H, W): RGB / 255, ImageNet mean and std
+features = backbone.features(image)                      # (1, dim, H, W), unit length per pixel
+```
+
+H and W must be divisible by `backbone.config.downsampling` (32 for smp_unet): resize the image
+first, as `pixpro prepare` does. `backbone.module` is the plain `nn.Module` (normalised images in,
+features before the L2 normalisation out) to put under your own head and fine-tune.
+The features are the probe's when `probe.layers` is `[-1]` (the default): the output stage.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
+from PIL import Image
+from torch import Tensor, nn
 
-from pixpro.checkpoint import load_checkpoint
-from pixpro.config import backbone_from_dict
-from pixpro.errors import CheckpointError, ConfigError
+from pixpro.backbone_file import PIXPRO_CONFIG, WEIGHTS, Preprocessing, build_from_file, read_backbone_file
+from pixpro.config import BackboneConfig, backbone_from_dict
+from pixpro.features import embed
 from pixpro.io import atomic_directory
-from pixpro.model.backbone import build_backbone
 
-PIXPRO_CONFIG = "pixpro_backbone.json"
-WEIGHTS = "model.safetensors"
-
-
-def read_backbone_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """models/backbone.pt -> (backbone state dict, backbone config dict, provenance); a clear
-    error for any other file."""
-    state = load_checkpoint(path, "pretrain")
-    if "backbone" not in state or "backbone_config" not in state:
-        raise CheckpointError(f"{path} is not a pretrained backbone (no 'backbone' weights and config); "
-                              f"export models/backbone.pt, written by `dvc repro pretrain`")
-    provenance = {key: state.get(key) for key in ("seed", "step", "git")}
-    return state["backbone"], state["backbone_config"], provenance
+__all__ = ["PIXPRO_CONFIG", "WEIGHTS", "PretrainedBackbone", "export_backbone_dir", "load_backbone"]
 
 
 def identity_head(model: nn.Module) -> None:
@@ -63,53 +71,52 @@ def smp_model(config: dict[str, Any]) -> nn.Module:
 
 
 def export_backbone_dir(checkpoint: Path, out: Path) -> Path:
-    """Write models/backbone.pt's backbone into `out` (replaced atomically) in its library's format."""
+    """Write models/backbone.pt's backbone into `out` (replaced atomically) in its library's format,
+    with its preprocessing recorded in pixpro_backbone.json."""
     from safetensors.torch import save_file
 
-    weights, config, provenance = read_backbone_checkpoint(checkpoint)
-    backbone_from_dict(config)  # validates the saved config before anything is written
+    file = read_backbone_file(checkpoint)
+    config = file.config
+    build_from_file(file)  # checks the config and that the weights fit it, before anything is written
     with atomic_directory(out) as tmp:
         if config["arch"] == "smp_unet":
             model = smp_model(config)
-            missing, unexpected = model.load_state_dict(weights, strict=False)
-            if unexpected or any(not key.startswith("segmentation_head.") for key in missing):
-                raise CheckpointError(f"{checkpoint}: its weights do not fit an smp Unet with its own config")
+            missing, unexpected = model.load_state_dict(file.weights, strict=False)
+            # SmpUNet is smp.Unet without its head, so only the head can be missing.
+            assert not unexpected and all(key.startswith("segmentation_head.") for key in missing), missing
             model.save_pretrained(str(tmp))
         else:
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
-        (tmp / PIXPRO_CONFIG).write_text(json.dumps({"backbone_config": config, **provenance}, indent=2) + "\n")
+            save_file({k: v.contiguous() for k, v in file.weights.items()}, str(tmp / WEIGHTS))
+        record = {"backbone_config": config, **file.provenance, "preprocessing": file.preprocessing.to_dict()}
+        (tmp / PIXPRO_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 
-def load_backbone(path: str | Path) -> nn.Module:
-    """models/backbone.pt or an export folder -> pixpro's backbone, eval mode, on the CPU:
-    (B, 3, H, W) -> (B, dim, H, W) with H, W divisible by the architecture's downsampling."""
-    path = Path(path)
-    if path.is_dir():
-        weights, config = _read_export(path)
-    else:
-        weights, config, _ = read_backbone_checkpoint(path)
-    try:
-        model = build_backbone(backbone_from_dict(config))
-    except (ConfigError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: its backbone config is not one pixpro builds ({err})") from None
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise CheckpointError(f"{path}: its weights were written by another architecture than its config "
-                              f"({config.get('arch')}) describes: {first}") from None
-    return model.eval()
+@dataclass(frozen=True)
+class PretrainedBackbone:
+    """A pretrained backbone with the preprocessing it was trained with (see the module docstring)."""
+
+    module: nn.Module  # eval mode, CPU: (B, 3, H, W) normalised -> (B, dim, H, W)
+    config: BackboneConfig
+    preprocessing: Preprocessing
+
+    def preprocess(self, image: Image.Image | np.ndarray) -> Tensor:
+        """PIL image or (H, W, 3) uint8 RGB array -> (1, 3, H, W) float32: scaled to [0, 1], then
+        normalised with the recorded mean and std. No resizing."""
+        return self.preprocessing.apply(image)[None]
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) preprocessed images, H and W divisible by config.downsampling ->
+        (B, dim, H, W) float32 features, unit length per pixel when preprocessing.l2_normalize."""
+        side = self.config.downsampling
+        if images.shape[-2] % side or images.shape[-1] % side:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not divisible by {side}; "
+                             f"resize it first")
+        return embed(self.module, images) if self.preprocessing.l2_normalize else self.module(images).float()
 
 
-def _read_export(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    config_file, weights_file = folder / PIXPRO_CONFIG, folder / WEIGHTS
-    if not config_file.is_file() or not weights_file.is_file():
-        raise CheckpointError(f"{folder} is not a pixpro export (needs {PIXPRO_CONFIG} and {WEIGHTS}); "
-                              f"write one with `pixpro export`")
-    config = json.loads(config_file.read_text())["backbone_config"]
-    weights = load_file(str(weights_file))
-    # An smp export holds the identity segmentation head too; pixpro's backbone has none.
-    return {k: v for k, v in weights.items() if not k.startswith("segmentation_head.")}, config
+def load_backbone(path: str | Path) -> PretrainedBackbone:
+    """models/backbone.pt or an export folder -> the backbone (eval mode, CPU) and its preprocessing."""
+    file = read_backbone_file(path)
+    return PretrainedBackbone(build_from_file(file).eval(), backbone_from_dict(file.config), file.preprocessing)

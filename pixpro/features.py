@@ -7,6 +7,7 @@ so a shared unit scale lets one probe weight decay serve both backbones.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -14,18 +15,20 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from pixpro.checkpoint import first_difference, load_checkpoint, lookup
-from pixpro.config import BACKBONES, ExtractConfig, Params, backbone_from_dict, to_dict
+from pixpro.backbone_file import build_from_file, read_backbone_file, require_config
+from pixpro.backbones import BACKBONES
+from pixpro.checkpoint import load_checkpoint
+from pixpro.config import ExtractConfig, Params
+from pixpro.data.cityscapes import read_label
 from pixpro.data.classes import IGNORE
 from pixpro.data.manifest import load_manifest
 from pixpro.data.views import load_image_tensor, normalize
 from pixpro.errors import CheckpointError, DataError
-from pixpro.model.backbone import ClassicUNet, SmpUNet, build_backbone
+from pixpro.model.backbone import build_backbone, decoder_stage_modules
 from pixpro.progress import progress_bar
 
 
@@ -43,15 +46,6 @@ def probe_feature_dim(params: Params) -> int:
     """Channels of the frozen features the bank, probe and retrieval see: the sum over `probe.layers`."""
     channels = params.pretrain.backbone.stage_channels
     return sum(channels[stage - 1] for stage in params.probe_stages)
-
-
-def decoder_stage_modules(backbone: nn.Module) -> list[nn.Module]:
-    """The modules whose outputs are the decoder stages, coarse to fine (BackboneConfig.stage_channels)."""
-    if isinstance(backbone, SmpUNet):
-        return list(backbone.decoder.blocks)
-    if isinstance(backbone, ClassicUNet):
-        return [*backbone.merge, backbone.head]
-    raise TypeError(f"no decoder stages known for {type(backbone).__name__}")
 
 
 class DecoderStages(nn.Module):
@@ -106,25 +100,17 @@ def load_frozen_backbone(kind: str, params: Params, checkpoint: Path) -> nn.Modu
 
 
 def init_backbone(kind: str, params: Params, checkpoint: Path) -> nn.Module:
-    """The pretrained backbone from `checkpoint`, or the same architecture with random init
-    from `seed`; in train mode, as built."""
+    """The pretrained backbone from `checkpoint` (models/backbone.pt or a `pixpro export` folder), or
+    the same architecture with random init from `seed`; in train mode, as built."""
     if kind not in BACKBONES:
         raise DataError(f"unknown backbone {kind!r}; use one of {', '.join(BACKBONES)}")
-    expected = to_dict(params.pretrain.backbone)
+    # Seeded and built for both kinds: callers draw their heads' init from the RNG state after this.
     torch.manual_seed(params.seed)
     model = build_backbone(params.pretrain.backbone)
     if kind == "pretrained":
-        state = load_checkpoint(checkpoint, "pretrain")
-        saved = state.get("backbone_config")
-        if saved is None or "backbone" not in state:
-            raise CheckpointError(f"{checkpoint} holds no backbone; rerun `dvc repro pretrain`")
-        changed = first_difference(saved, expected)
-        if changed:
-            raise CheckpointError(
-                f"{checkpoint} was trained with pretrain.backbone.{changed} = {lookup(saved, changed)!r} but "
-                f"params.yaml has {lookup(expected, changed)!r}; rerun `dvc repro pretrain`")
-        model = build_backbone(backbone_from_dict(saved))
-        model.load_state_dict(state["backbone"])
+        file = read_backbone_file(checkpoint)
+        require_config(file, params.pretrain.backbone)
+        model = build_from_file(file)
     return model
 
 
@@ -139,6 +125,21 @@ class LabelledImage(NamedTuple):
     index: int
 
 
+@contextmanager
+def prepared_file() -> Iterator[None]:
+    """Adds what to do to the DataError of a prepared file that cannot be read (truncated, deleted)."""
+    try:
+        yield
+    except DataError as err:
+        raise DataError(f"{err}; the prepared data is damaged: rerun `pixpro prepare`") from None
+
+
+def read_prepared_mask(path: str | Path) -> np.ndarray:
+    """(H, W) uint8 trainIds of a prepared mask."""
+    with prepared_file():
+        return read_label(Path(path))
+
+
 class LabelledImages(Dataset):
     """Prepared images and masks of one split, in manifest order."""
 
@@ -150,8 +151,9 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, index: int) -> LabelledImage:
         row = self.rows.iloc[index]
-        image = normalize(load_image_tensor(row["image"]))
-        mask = torch.from_numpy(np.asarray(Image.open(row["mask"]), dtype=np.int64))
+        with prepared_file():
+            image = normalize(load_image_tensor(row["image"]))
+        mask = torch.from_numpy(read_prepared_mask(row["mask"]).astype(np.int64))
         if mask.shape != image.shape[-2:]:
             raise DataError(f"mask {row['mask']} is {tuple(mask.shape)} but image {row['image']} is "
                             f"{tuple(image.shape[-2:])}; rerun `pixpro prepare`")

@@ -13,7 +13,7 @@ from pixpro.config import BackboneConfig
 from pixpro.errors import ConfigError
 from pixpro.features import DecoderStages, frozen_backbone_on_device, probe_feature_dim
 from pixpro.model.backbone import ClassicUNet, build_backbone
-from stages.cli import app
+from pixpro.stages.cli import app
 from tests.conftest import REPO, TINY_EVAL, TINY_PRETRAIN, make_eval_params, tiny_params
 
 SMP = BackboneConfig(arch="smp_unet", encoder="resnet18", decoder_channels=(16, 12, 8, 4), dim=6)
