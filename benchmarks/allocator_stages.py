@@ -26,16 +26,15 @@ import shlex
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.pipeline import copy_env, deep_merge, snapshot  # noqa: E402
-from stages.cli import TUNED_COMMANDS  # noqa: E402
+from pipeline import copy_env, deep_merge, snapshot  # benchmarks/pipeline.py
+
+from pixpro.stages.cli import TUNED_COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
 # Paths a stage resumes from, keyed by the option that names them: deleted before each timed run.

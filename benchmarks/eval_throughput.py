@@ -14,7 +14,7 @@ Bare = `backbone(images)` under no_grad on the same images, already normalised a
 device, in batches of the same size.
 
 Images: the val split of data/prepared when its manifest exists, else a small synthetic set
-made with pixpro.data.prepare.run_prepare in a temporary folder. Runs are interleaved
+made by `pixpro synthesize` and `pixpro prepare` in a temporary folder (--size). Runs are interleaved
 (evaluate, bare, evaluate, bare, ...) after one warm-up of each; medians. A breakdown times
 the evaluate path's parts alone: loading (iterating labelled_batches), predict() on preloaded
 images (backbone + normalise + probe + argmax + copy to host), the confusion update, and PNG
@@ -25,18 +25,19 @@ evaluate run paired with the bare run right after it (robust to the load driftin
 machine); the ratio of the medians is printed above it (goal <= 1.15).
 
     .venv/bin/python benchmarks/eval_throughput.py [--images 16] [--repeats 5] [--batch N]
-        [--device auto|cpu|cuda] [--threads 1] [--data data/prepared]
+        [--device auto|cpu|cuda] [--threads 1] [--data data/prepared] [--size 128x256] [--amp off]
     # GPU: --device cuda --images 0 --repeats 10   (0 = every val image)
+    # bf16 what-if: --amp on (the stage runs fp32); --size sets the synthetic set's HxW
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,35 +46,24 @@ from PIL import Image
 from torch import nn
 
 from pixpro.allocator import restart_with_tuned_malloc
-from pixpro.config import load_params, params_from_dict
+from pixpro.config import load_params
 from pixpro.data.classes import load_prepared_classes
-from pixpro.data.prepare import run_prepare
 from pixpro.evaluate import evaluate_segmentation, predict
 from pixpro.features import labelled_batches, load_frozen_backbone, split_rows
 from pixpro.metrics import ConfusionAccumulator
+from pixpro.precision import autocast_for, native_cpu_bf16, precision_name
+from synthetic_set import prepared_synthetic  # benchmarks/synthetic_set.py
+from timing import interleaved, paired_ratio  # benchmarks/timing.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def synthetic_rows(tmp: Path):
-    """A tiny prepared dataset (synthetic scenes at the default prepared size)."""
-    params = params_from_dict({"data": {"size": [128, 256], "workers": 1,
-                                        "synthetic": {"train": 2, "val": 16, "cities": 1, "raw_size": [256, 512]}}})
-    run_prepare(params, tmp / "prepared", tmp / "prepare.json", tmp / "plots")
-    return split_rows(tmp / "prepared", "val")
+def synthetic_rows(tmp: Path, size: tuple[int, int], val: int):
+    """The val rows of `val` synthetic scenes prepared at `size`; changes into `tmp`, which the
+    manifest's paths are relative to."""
+    prepared, _ = prepared_synthetic(tmp, size, 2, val)
+    os.chdir(tmp)
+    return split_rows(prepared, "val")
 
 
 def main() -> None:
@@ -86,11 +76,14 @@ def main() -> None:
                         help="torch threads on CPU (0 = torch's default); 1 by default because a second "
                              "OpenMP thread on a shared, oversubscribed machine mostly waits at barriers")
     parser.add_argument("--data", default=str(ROOT / "data/prepared"))
+    parser.add_argument("--size", default="128x256",
+                        help="HxW of the synthetic set made when --data has no manifest")
+    parser.add_argument("--amp", default="off", choices=("auto", "cuda", "on", "off"),
+                        help="what-if: evaluate and bare forward under bf16 autocast as this setting decides "
+                             "(pixpro/precision.py); the evaluate stage runs fp32")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     args = parser.parse_args()
     restart_with_tuned_malloc()  # as the `pixpro` command runs every stage (pixpro/allocator.py)
-
-    import os
 
     os.chdir(ROOT)  # manifest paths are relative to the repository root
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -109,9 +102,10 @@ def main() -> None:
             classes = load_prepared_classes(args.data)
             source = f"{args.data} (val)"
         else:
-            rows = synthetic_rows(tmp)
+            height, width = (int(v) for v in args.size.lower().split("x"))
+            rows = synthetic_rows(tmp, (height, width), args.images or 16)
             classes = load_prepared_classes(tmp / "prepared")
-            source = "synthetic set made by run_prepare (data/prepared has no manifest)"
+            source = f"synthetic set at {args.size} ({args.data} has no manifest)"
         if args.images:
             rows = rows.iloc[:args.images].reset_index(drop=True)
         n = len(rows)
@@ -124,14 +118,18 @@ def main() -> None:
         size = tuple(images[0].shape[-2:])
         predictions_dir = tmp / "predictions"
 
+        amp = autocast_for(device, args.amp)
+
         def evaluate():
-            evaluate_segmentation(backbone, probe, rows, batch_size, device, predictions_dir, overlays,
-                                  classes)
+            with amp:
+                evaluate_segmentation(backbone, probe, rows, batch_size, device, predictions_dir, overlays,
+                                      classes)
 
         @torch.no_grad()
         def bare():
-            for x in images:
-                backbone(x)
+            with amp:
+                for x in images:
+                    backbone(x)
 
         # Parts of the evaluate path, timed alone.
         def load():
@@ -144,8 +142,9 @@ def main() -> None:
         def predict_only():
             predicted.clear()
             probe_d = probe.to(device)
-            for x in images:
-                predicted.append(predict(backbone, probe_d, x).cpu())
+            with amp:
+                for x in images:
+                    predicted.append(predict(backbone, probe_d, x).cpu())
 
         def confusion():
             acc = ConfusionAccumulator(classes.num_classes)
@@ -160,28 +159,21 @@ def main() -> None:
         parts = {"load + normalise": load, "predict (bare + head)": predict_only, "confusion update": confusion,
                  "PNG encode (serial)": encode_png}
 
-        evaluate()
-        bare()
-        for fn in parts.values():
-            fn()
-        times = {"evaluate": [], "bare": []}
-        part_times = {name: [] for name in parts}
-        for _ in range(args.repeats):
-            times["evaluate"].append(timed(evaluate, device))
-            times["bare"].append(timed(bare, device))
-            for name, fn in parts.items():
-                part_times[name].append(timed(fn, device))
+        measured = interleaved({"evaluate": evaluate, "bare": bare, **parts}, args.repeats, device)
+        times = {name: measured.pop(name) for name in ("evaluate", "bare")}
+        part_times = measured
 
     eval_s, bare_s = statistics.median(times["evaluate"]), statistics.median(times["bare"])
     print(f"device {device}, threads {torch.get_num_threads()}, {n} val images {size[0]}x{size[1]} from {source}, "
           f"batch {batch_size}, overlays {overlays}, backbone {params.pretrain.backbone.arch}/"
-          f"{params.pretrain.backbone.encoder}, repeats {args.repeats} (interleaved, medians)")
+          f"{params.pretrain.backbone.encoder}, repeats {args.repeats} (interleaved, medians), "
+          f"amp {args.amp}: {precision_name(device, args.amp)} (CPU native bf16: {native_cpu_bf16()})")
     print(f"{'':26} {'median s':>9} {'images/s':>9} {'of bare':>8}   samples")
     for name, label in (("evaluate", "evaluate_segmentation"), ("bare", "bare backbone forward")):
         median = statistics.median(times[name])
         print(f"{label:26} {median:9.3f} {n / median:9.2f} {median / bare_s:8.3f}   "
               + " ".join(f"{t:.3f}" for t in times[name]))
-    paired = statistics.median(e / b for e, b in zip(times["evaluate"], times["bare"]))
+    paired = paired_ratio(times["evaluate"], times["bare"])
     print(f"{'ratio evaluate/bare':26} {paired:9.3f}   median of the paired ratios (each evaluate run / the bare "
           f"run right after it); ratio of medians {eval_s / bare_s:.3f}")
     print("evaluate's parts, timed alone (the PNG writes overlap the next batch in evaluate):")

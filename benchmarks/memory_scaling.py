@@ -63,6 +63,9 @@ import sys
 import time
 from pathlib import Path
 
+from pixpro.precision import autocast_for, precision_name, uses_bf16
+from timing import timed  # benchmarks/timing.py
+
 ROOT = Path(__file__).resolve().parent.parent
 GB = 1024 ** 3
 MB = 1024 ** 2
@@ -158,7 +161,7 @@ def _inputs(torch, device, cfg, size: tuple[int, int], seed: int = 0):
     from pixpro.geometry import sample_positive_pairs
 
     cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda and cfg.amp else torch.float32
+    dtype = torch.bfloat16 if uses_bf16(device, cfg.amp) else torch.float32
     fmt = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
     gen = torch.Generator(device=device).manual_seed(seed)
     dim = cfg.backbone.dim
@@ -180,7 +183,7 @@ def _inputs(torch, device, cfg, size: tuple[int, int], seed: int = 0):
 
 def _head(torch, model, cfg, device, features, target, pairs) -> None:
     """What PixPro.forward does after its two backbone calls, then backward."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
+    with autocast_for(device, cfg.amp):
         loss = model.loss_from_maps(features, target, pairs).total
     loss.backward()
 
@@ -223,10 +226,6 @@ def head_time_child(device_name: str, configs_all: list, sizes: list, global_siz
     _torch.set_num_threads(threads)
     torch, device, cfg, model = _setup(device_name, None, params_path)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def run(config, inputs):
         features, target, pairs = inputs
         model.window = config
@@ -245,11 +244,7 @@ def head_time_child(device_name: str, configs_all: list, sizes: list, global_siz
         samples = {c: [] for c in configs}
         for _ in range(repeats):
             for config in configs:
-                sync()
-                start = time.perf_counter()
-                run(config, inputs)
-                sync()
-                samples[config].append(time.perf_counter() - start)
+                samples[config].append(timed(lambda: run(config, inputs), device))
         for config in configs:
             results[(tuple(size), config)] = statistics.median(samples[config])
         del inputs
@@ -270,7 +265,7 @@ def backbone_memory_child(device_name: str, size: tuple[int, int], params_path: 
     fmt = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
     torch.manual_seed(0)
     backbone = build_backbone(cfg.backbone).to(device, memory_format=fmt).train()
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp)
+    autocast = lambda: autocast_for(device, cfg.amp)
     with autocast():  # warm-up
         backbone(torch.randn(2, 3, 64, 128, device=device).contiguous(memory_format=fmt)).float().sum().backward()
     backbone.zero_grad(set_to_none=True)
@@ -312,7 +307,7 @@ def step_memory_child(device_name: str, size: tuple[int, int], params_path: str,
         model = model.to(memory_format=fmt)
 
     def step(views, target, pairs):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp):
+        with autocast_for(device, cfg.amp):
             features = model.backbone(views)
         if with_head:
             _head(torch, model, cfg, device, features, target, pairs)
@@ -415,7 +410,7 @@ def main() -> None:
           f"{time_threads} for timing, pairs.num {pcfg.pairs.num}, candidates {pcfg.pairs.candidates}, "
           f"projector {pcfg.backbone.dim}->{pcfg.projector.hidden}->{pcfg.projector.out}, "
           f"transform_layers {pcfg.ppm.transform_layers}, maps (2, {pcfg.backbone.dim}, H, W) "
-          f"{'bf16' if cuda and pcfg.amp else 'fp32'}; memory = peak rise, fresh process per row")
+          f"{precision_name(device, pcfg.amp)}; memory = peak rise, fresh process per row")
 
     # ---- memory: one fresh process per configuration, --jobs of them at a time (each measures
     # only its own RSS); the global-PPM chain decides its next size from the sizes already run.

@@ -8,7 +8,7 @@ own, so DVC's run-cache never restores a stage from an earlier configuration.
 
 Columns: wall seconds for the batch, experiments per hour, speed-up over the first
 configuration, and failed experiments. `threads` is the params.yaml key (torch intra-op threads
-per stage process). Results depend on it (see README, "Determinism"), so
+per stage process). Results depend on it (see docs/method.md, "Determinism"), so
 compare settings only between runs with the same `threads`.
 
     .venv/bin/python benchmarks/queue_concurrency.py [--params benchmarks/tiny_params.yaml]
@@ -21,15 +21,13 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.pipeline import copy_env, deep_merge, snapshot  # noqa: E402
+from pipeline import copy_env, deep_merge, snapshot  # benchmarks/pipeline.py
 
 ROOT = Path(__file__).resolve().parent.parent
 

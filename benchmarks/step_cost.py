@@ -20,8 +20,7 @@ extra parts alone (after the full/bare loop): pair sampling, the online head (pr
 views + loss, forward + backward, on a detached feature map), the target projector on the pair
 pixels, the optimiser step (fused AdamW/SGD, as the trainer builds it) and the momentum update. Inside the
 head (not added to the sum): the online projector alone on the head's distinct window pixels (fwd + bwd,
-captured from one head call) and, on CPU, the head under bf16 autocast as a what-if (the trainer runs
-fp32 on CPU; bf16 is fast only with AMX / AVX512-BF16). "floor ratio" is the full step if the head were
+captured from one head call). "floor ratio" is the full step if the head were
 only its projector: bare + the other parts + the projector, over bare. The projector's matrix products
 and the optimiser and momentum passes over the parameters are work the method cannot skip, so in this
 precision no rewrite of the rest of the head brings the ratio below the floor. `--profile` adds
@@ -33,31 +32,32 @@ Allocator: like the `pixpro` command, the script restarts itself with glibc mall
 keep freed memory for reuse (pixpro/allocator.py); PIXPRO_MALLOC=default measures glibc's
 defaults, under which every large tensor is faulted in again at every step.
 
-On CUDA the model is channels_last and runs under bf16 autocast, as the trainer does, and every
-timing is bracketed by torch.cuda.synchronize. `--cpu-bf16` is a what-if: full and bare steps (and
-every part) under CPU bf16 autocast, which the trainer does not do.
+Precision: every size is measured in each of --precisions (default fp32 and bf16), everything
+(full, bare and each part) under bf16 autocast for bf16, as pretrain.amp makes the trainer do
+(pixpro/precision.py). On CUDA the model is channels_last, as the trainer does, and every timing
+is bracketed by torch.cuda.synchronize.
 
-Last line: `ratio <median>`, the median over sizes of the per-size ratio, which is the median over
+Last lines: per precision, `ratio`, `floor ratio` and their difference (the head's own overhead
+above the floor; CPU goal <= 0.03); then `floor ratio <median>` and `ratio <median>` of the first
+of --precisions. A ratio is the median over sizes of the per-size ratio, which is the median over
 repetitions of full step / bare step, each full step paired with the bare step timed right after
 it (robust to the load drifting on a shared machine); the ratio of the medians is printed too
 (goal <= 1.10). With the two default sizes the median is their mean.
 
     .venv/bin/python benchmarks/step_cost.py [--batch 1] [--sizes 128x256 256x512] [--repeats 5]
-        [--device auto|cpu|cuda] [--threads N] [--profile] [--cpu-bf16]
-    # GPU-sized: --device cuda --batch 16 --sizes 256x512 512x1024 --repeats 10
+        [--device auto|cpu|cuda] [--threads N] [--profile] [--precisions fp32 bf16]
+    # GPU-sized: --device cuda --batch 16 --sizes 256x512 512x1024 --repeats 10 --precisions bf16
     # (batch 1 is the CPU default only to stay under 3 minutes on 2 cores. The optimiser and momentum
     # passes do not grow with the batch; the head grows a little faster than the backbone, so the ratio
-    # hardly moves: README, Benchmarks.)
+    # hardly moves: docs/benchmarks.md.)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,14 +70,17 @@ from pixpro.data.views import ViewPair, crop_box, overlap_fraction
 from pixpro.geometry import sample_positive_pairs
 from pixpro.model.pixpro import PixPro
 from pixpro.optim import build_optimizer
-from pixpro.train import train_step
+from pixpro.precision import autocast_for, native_cpu_bf16
+from pixpro.train import StepContext, train_step
+from timing import interleaved, paired_ratio, sync  # benchmarks/timing.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class SizeResult(NamedTuple):
-    """One crop size's summary row."""
+    """One crop size's summary row, in one precision."""
 
+    precision: str  # fp32 | bf16
     size: str
     full_s: float  # median full step
     bare_s: float  # median bare step
@@ -87,33 +90,9 @@ class SizeResult(NamedTuple):
     floor_ratio: float  # full step if the head were its projector alone, over bare
 
 
-def uses_bf16(device: torch.device, amp: bool, cpu_bf16: bool) -> bool:
-    """bf16 autocast: on CUDA as the trainer does (pretrain.amp), on CPU only as the --cpu-bf16 what-if."""
-    return (device.type == "cuda" and amp) or cpu_bf16
-
-
 def parse_size(text: str) -> tuple[int, int]:
     h, w = text.lower().split("x")
     return int(h), int(w)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, sys_times: list | None = None) -> float:
-    """Wall seconds of fn(); appends the kernel (system) CPU seconds it took to sys_times, which on
-    CPU is mostly page faults of freshly mapped tensor memory."""
-    sync(device)
-    sys_start = resource.getrusage(resource.RUSAGE_SELF).ru_stime
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    wall = time.perf_counter() - start
-    if sys_times is not None:
-        sys_times.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_start)
-    return wall
 
 
 def draw_boxes(batch: int, image_size: tuple[int, int], views_cfg, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,8 +118,9 @@ def draw_boxes(batch: int, image_size: tuple[int, int], views_cfg, seed: int) ->
     return torch.stack(boxes1), torch.stack(boxes2)
 
 
-def measure_size(size_text: str, base, args, device: torch.device) -> SizeResult:
-    """Time full vs bare steps at one crop size; print its table. Returns the summary row."""
+def measure_size(size_text: str, base, args, device: torch.device, precision: str) -> SizeResult:
+    """Time full vs bare steps at one crop size in one precision; print its table. Returns the
+    summary row."""
     cuda = device.type == "cuda"
     size = parse_size(size_text)
     image_size = (2 * size[0], 2 * size[1])
@@ -158,10 +138,11 @@ def measure_size(size_text: str, base, args, device: torch.device) -> SizeResult
     model.train()
     optimizer = build_optimizer(model, cfg.optim, cfg.optim.base_lr * args.batch / 256,
                                 fused=cfg.optim.name != "lars")  # as the trainer builds it
-    amp = uses_bf16(device, cfg.amp, args.cpu_bf16)
+    # The trainer's context (pixpro.precision.autocast_for), forced to this precision.
+    amp = autocast_for(device, "on" if precision == "bf16" else "off")
 
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+        return amp
 
     box1, box2 = draw_boxes(args.batch, image_size, cfg.views, seed=1)
     gen = torch.Generator().manual_seed(2)
@@ -170,9 +151,12 @@ def measure_size(size_text: str, base, args, device: torch.device) -> SizeResult
     batch = ViewPair(view1, view2, box1, box2, torch.ones(args.batch, dtype=torch.bool))
     step_counter = [0]
 
+    # Constant lr and momentum at every step; the step number still varies the pairs drawn.
+    context = StepContext(params, device, amp, image_size, lr=[optimizer.param_groups[0]["lr"]] * 100_000,
+                          momentum=[0.99] * 100_000)
+
     def full():
-        train_step(model, optimizer, batch, step_counter[0], optimizer.param_groups[0]["lr"], 0.99, params,
-                   device, autocast(), image_size, 0)
+        train_step(model, optimizer, batch, step_counter[0], context)
         step_counter[0] += 1
 
     both = torch.cat([view1, view2])
@@ -236,28 +220,15 @@ def measure_size(size_text: str, base, args, device: torch.device) -> SizeResult
     parts = {"pair sampling": pairs_fn, "online head fwd+bwd": head, "target projector": target_head,
              "optimizer step": optim_fn, "momentum update": momentum_fn}
     inside_head = {"projector fwd+bwd": projector_fn}
-    if not cuda and not args.cpu_bf16:
-        inside_head["head, CPU bf16 (what-if)"] = lambda: head(lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     # Full and bare interleaved (after a warm-up of each); then the parts, interleaved among
     # themselves, so they do not disturb the allocator state between full and bare steps.
-    full()
-    bare()
-    times = {"full": [], "bare": []}
-    sys_times = {"full": [], "bare": []}
-    for _ in range(args.repeats):
-        times["full"].append(timed(full, device, sys_times["full"]))
-        times["bare"].append(timed(bare, device, sys_times["bare"]))
-    timed_parts = {**parts, **inside_head}
-    for fn in timed_parts.values():
-        fn()
-    part_times = {name: [] for name in timed_parts}
-    for _ in range(args.repeats):
-        for name, fn in timed_parts.items():
-            part_times[name].append(timed(fn, device))
+    sys_times: dict[str, list] = {}
+    times = interleaved({"full": full, "bare": bare}, args.repeats, device, sys_times=sys_times)
+    part_times = interleaved({**parts, **inside_head}, args.repeats, device)
     full_s, bare_s = statistics.median(times["full"]), statistics.median(times["bare"])
-    paired = statistics.median(f / b for f, b in zip(times["full"], times["bare"]))
+    paired = paired_ratio(times["full"], times["bare"])
     ratio = full_s / bare_s
-    print(f"\n== crop {size_text} (source image {image_size[0]}x{image_size[1]}), batch {args.batch}, "
+    print(f"\n== {precision}, crop {size_text} (source image {image_size[0]}x{image_size[1]}), batch {args.batch}, "
           f"valid pairs {int(pairs.count.sum())}/{pairs.valid.numel()} ==")
     print(f"{'':28} {'median s':>9} {'of bare':>8} {'sys s':>7}   samples")
     for name in ("full", "bare"):
@@ -295,7 +266,7 @@ def measure_size(size_text: str, base, args, device: torch.device) -> SizeResult
             for e in events:
                 shapes = str(e.input_shapes)[:70]
                 print(f"  {e.key:34} {getattr(e, key) / 1e3:9.1f} ms  x{e.count:<4d} {shapes}")
-    return SizeResult(size_text, full_s, bare_s, ratio, paired, int(pairs.count.sum()), floor)
+    return SizeResult(precision, size_text, full_s, bare_s, ratio, paired, int(pairs.count.sum()), floor)
 
 
 def main() -> None:
@@ -312,8 +283,9 @@ def main() -> None:
                              "oversubscribed machine a second OpenMP thread makes every parallel op wait for a "
                              "descheduled thread, which slows the many small ops of the head and the optimiser "
                              "far more (up to 30x) than the backbone's convolutions, and makes timings erratic")
-    parser.add_argument("--cpu-bf16", action="store_true",
-                        help="what-if: run everything under CPU bf16 autocast (the trainer runs fp32 on CPU)")
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                        help="measure each size in each (bf16 = bf16 autocast, as pretrain.amp gives); the last "
+                             "lines are the first's. On a CPU without native bf16, bf16 runs emulated and slowly")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops of a full step and of the online head")
     args = parser.parse_args()
@@ -331,23 +303,32 @@ def main() -> None:
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch}, "
           f"backbone {base.pretrain.backbone.arch}/{base.pretrain.backbone.encoder} dim {base.pretrain.backbone.dim}, "
           f"pairs {base.pretrain.pairs.num}, ppm window {base.pretrain.ppm.window}, optim {base.pretrain.optim.name}, "
-          f"repeats {args.repeats} (interleaved, medians), "
-          f"{'bf16 autocast' if uses_bf16(device, base.pretrain.amp, args.cpu_bf16) else 'fp32'}")
+          f"repeats {args.repeats} (interleaved, medians), precisions {' '.join(args.precisions)} "
+          f"(CPU native bf16: {native_cpu_bf16()})")
 
     rows = []
-    for size_text in args.sizes:
-        rows.append(measure_size(size_text, base, args, device))
-        if cuda:
-            torch.cuda.empty_cache()
+    for precision in args.precisions:
+        for size_text in args.sizes:
+            rows.append(measure_size(size_text, base, args, device, precision))
+            if cuda:
+                torch.cuda.empty_cache()
 
     print("\nsummary")
-    print(f"{'crop':>10} {'full s':>9} {'bare s':>9} {'paired ratio':>13} {'ratio of medians':>17} {'pairs':>6} "
-          f"{'floor ratio':>12}")
+    print(f"{'precision':>9} {'crop':>10} {'full s':>9} {'bare s':>9} {'paired ratio':>13} {'ratio of medians':>17} "
+          f"{'pairs':>6} {'floor ratio':>12}")
     for row in rows:
-        print(f"{row.size:>10} {row.full_s:9.4f} {row.bare_s:9.4f} {row.paired_ratio:13.3f} "
+        print(f"{row.precision:>9} {row.size:>10} {row.full_s:9.4f} {row.bare_s:9.4f} {row.paired_ratio:13.3f} "
               f"{row.ratio_of_medians:17.3f} {row.pairs:6d} {row.floor_ratio:12.3f}")
-    print(f"floor ratio {statistics.median(row.floor_ratio for row in rows):.3f}")
-    print(f"ratio {statistics.median(row.paired_ratio for row in rows):.3f}")
+    summary = {}
+    for precision in args.precisions:
+        mine = [row for row in rows if row.precision == precision]
+        ratio = statistics.median(row.paired_ratio for row in mine)
+        floor = statistics.median(row.floor_ratio for row in mine)
+        summary[precision] = ratio, floor
+        print(f"{precision}: ratio {ratio:.3f}, floor ratio {floor:.3f}, ratio - floor ratio {ratio - floor:.3f}")
+    ratio, floor = summary[args.precisions[0]]
+    print(f"floor ratio {floor:.3f}")
+    print(f"ratio {ratio:.3f}")
 
 
 if __name__ == "__main__":
