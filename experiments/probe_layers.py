@@ -2,8 +2,8 @@
 
 Runs `pixpro extract`, `probe` and `evaluate` directly (not through DVC) in a finished pipeline
 folder, i.e. one that holds `params.yaml`, `data/prepared` and `models/backbone.pt` (a
-`dvc repro` checkout, or a copy kept by `seed_gain.py --keep`), once per layers choice and
-backbone, with the repository's code on PYTHONPATH. Outputs go to `<folder>/probe_layers/`;
+`dvc repro` checkout or a `dvc exp` workspace), once per layers choice and backbone, with the
+installed pixpro (the `pixpro` next to this interpreter). Outputs go to `<folder>/probe_layers/`;
 one CSV row per (layers, backbone) is appended to `--out` as soon as it is measured.
 
     .venv/bin/python experiments/probe_layers.py --folder /tmp/run --threads 1 \\
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,10 +23,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchmarks.pipeline import copy_env  # noqa: E402
-from pixpro.checkpoint import load_checkpoint  # noqa: E402
+from pixpro.checkpoint import load_checkpoint
+
 COLUMNS = ["label", "layers", "backbone", "miou", "feature_dim", "seconds"]
 
 
@@ -42,7 +41,10 @@ def main() -> None:
     work = folder / "probe_layers"
     work.mkdir(exist_ok=True)
     base = yaml.safe_load((folder / "params.yaml").read_text())
-    env = copy_env(ROOT, args.threads)  # this checkout's code, run in the finished folder
+    # The installed pixpro, run in the finished folder; threads pinned as the stages pin them.
+    pixpro = str(Path(sys.executable).with_name("pixpro"))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": str(args.threads),
+           "MKL_NUM_THREADS": str(args.threads)}
     new_file = not args.out.is_file()
     for text in args.layers:
         layers = yaml.safe_load(text)
@@ -57,11 +59,11 @@ def main() -> None:
             common = ["--params", str(params), "--data", str(folder / "data/prepared")]
             start = time.perf_counter()
             for cmd in (
-                ["pixpro", "extract", "--backbone", backbone, *common, "--checkpoint", str(folder / "models/backbone.pt"),
+                [pixpro, "extract", "--backbone", backbone, *common, "--checkpoint", str(folder / "models/backbone.pt"),
                  "--out", str(out / "bank.pt")],
-                ["pixpro", "probe", "--params", str(params), "--bank", str(out / "bank.pt"), "--out", str(out / "probe.pt"),
+                [pixpro, "probe", "--params", str(params), "--bank", str(out / "bank.pt"), "--out", str(out / "probe.pt"),
                  "--curve", str(out / "curve.csv")],
-                ["pixpro", "evaluate", "--backbone", backbone, *common, "--checkpoint", str(folder / "models/backbone.pt"),
+                [pixpro, "evaluate", "--backbone", backbone, *common, "--checkpoint", str(folder / "models/backbone.pt"),
                  "--probe", str(out / "probe.pt"), "--metrics", str(out / "segmentation.json"),
                  "--predictions", str(out / "predictions"), "--plots", str(out / "plots")],
             ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -59,12 +61,31 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, fused: bool = False) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg.weight_decay)
+def build_optimizer(model: nn.Module | Sequence[tuple[nn.Module, float]], cfg: OptimConfig,
+                    lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimiser `cfg.name` (lars | sgd | adamw) over `model`'s trainable parameters.
+
+    `model` is one module trained at `lr` (pretraining), or (module, lr) parts, each at its own
+    learning rate (fine-tuning: the classifier and the backbone); `lr` is then unused. Each part
+    is split as `parameter_groups` splits it, in the parts' order; groups without a trainable
+    parameter (a frozen part) are dropped, so `param_groups[i]["lr"]` is each group's base lr.
+    `fused` selects torch's fused SGD / AdamW kernels (LARS has none).
+    """
+    if isinstance(model, nn.Module):
+        if lr is None:
+            raise ValueError("build_optimizer: give `lr` with a single module")
+        parts = [(model, lr)]
+    else:
+        parts = list(model)
+    groups = [{**group, "lr": part_lr} for module, part_lr in parts
+              for group in parameter_groups(module, cfg.weight_decay) if group["params"]]
+    if not groups:
+        raise ValueError("build_optimizer: no trainable parameter")
+    default_lr = groups[0]["lr"]  # every group sets its own; torch wants a default too
     if cfg.name == "lars":
-        return LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
+        return LARS(groups, lr=default_lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
     for group in groups:
         group.pop("lars_exclude")
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, fused=fused or None)
-    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+        return torch.optim.SGD(groups, lr=default_lr, momentum=cfg.momentum, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=default_lr, fused=fused or None)

@@ -1,5 +1,6 @@
-"""`pixpro compare`: the statistics against hand-computed values, the reading of `dvc exp show
---json`, the command's outputs and one-line errors, and (end to end) real queued experiments."""
+"""`pixpro compare`: groups and paired gains against hand-computed values, the reading of
+`dvc.api.exp_show()` rows and of the result CSVs, the command's outputs and one-line errors, and
+(end to end) real queued experiments. The statistics themselves: tests/test_stats.py."""
 
 from __future__ import annotations
 
@@ -16,21 +17,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pixpro import compare as compare_module
-from pixpro.compare import (
-    compare_runs,
-    format_value,
-    markdown_report,
-    parse_baseline,
-    rows_from_exp_show,
-    runs_frame,
-    same_value,
-    summarize,
-    t_quantile,
-    verdict,
-)
+from pixpro import runs as runs_module
+from pixpro.compare import compare_runs, markdown_report, parse_baseline, same_value
 from pixpro.errors import ConfigError, DataError
-from stages.cli import app
+from pixpro.runs import (complete_runs, flatten, format_value, load_result_rows, parse_metric,
+                         rows_from_exp_show, runs_frame)
+from pixpro.stages.cli import app
 
 WINDOW = "pretrain.ppm.window"
 T_975_DF2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (tables)
@@ -68,27 +60,6 @@ def group(comparison, label: str) -> dict:
 
 
 # ------------------------------------------------------------------------------- statistics
-
-@pytest.mark.parametrize("df, expected", [(1, 12.706204736174698), (2, T_975_DF2), (3, 3.182446305284263),
-                                          (10, 2.2281388519649385), (30, 2.0422724563012373),
-                                          (1000, 1.9623390808264078), (1e7, 1.959964)])
-def test_t_quantile_matches_the_tables(df, expected):
-    assert t_quantile(0.975, df) == pytest.approx(expected, rel=1e-6)
-    assert t_quantile(0.025, df) == pytest.approx(-expected, rel=1e-6)
-
-
-def test_summarize_three_values_by_hand():
-    summary = summarize([1.0, 2.0, 3.0])
-    half = T_975_DF2 * 1.0 / math.sqrt(3)  # std (ddof 1) of 1, 2, 3 is 1
-    assert summary.n == 3 and summary.mean == pytest.approx(2.0) and summary.std == pytest.approx(1.0)
-    assert summary.low == pytest.approx(2.0 - half) and summary.high == pytest.approx(2.0 + half)
-
-
-def test_summarize_one_value_has_no_spread_and_none_has_no_mean():
-    one = summarize([0.4])
-    assert one.n == 1 and one.mean == 0.4 and math.isnan(one.std) and math.isnan(one.low) and math.isnan(one.high)
-    assert summarize([]).n == 0 and math.isnan(summarize([]).mean)
-
 
 def test_groups_are_the_parameter_that_differs_and_the_gain_is_paired():
     comparison = compare_runs(runs(SEEDED))
@@ -157,16 +128,12 @@ def test_a_single_run_group_is_shown_without_an_interval():
     assert math.isnan(single["miou_gain_std"]) and math.isnan(single["miou_gain_ci_low"])
     assert single["miou_vs_baseline_n"] == 1 and single["miou_vs_baseline_verdict"] == "unclear"
     markdown = markdown_report(comparison)
-    assert f"| {WINDOW}=11 | 1 | 0 | 31.00 ± n/a | 20.00 ± n/a | +11.00 ± n/a | 1/1 | +1.00 ± n/a | 1 | unclear |" \
-        in markdown
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown.splitlines()
+             if line.startswith(f"| {WINDOW}=11 ")]
+    assert len(cells) == 3  # one table per metric
+    assert cells[0] == [f"{WINDOW}=11", "1", "0", "31.00 ± n/a", "20.00 ± n/a", "+11.00 ± n/a", "1/1",
+                        "+1.00 ± n/a", "1", "unclear"]
     assert "+10.00 ± 1.00 [+7.52, +12.48]" in markdown  # window 7's gain, points
-
-
-def test_verdict_needs_an_interval_that_excludes_zero():
-    assert verdict(summarize([0.04, 0.05, 0.06])) == "better"  # 0.05 ± 0.025
-    assert verdict(summarize([-0.04, -0.05, -0.06])) == "worse"
-    assert verdict(summarize([0.01, 0.02, 0.03])) == "unclear"  # 0.02 ± 0.025
-    assert verdict(summarize([0.5])) == "unclear"  # one shared seed: no interval
 
 
 def test_by_names_the_groups_and_an_unknown_key_is_an_error():
@@ -209,82 +176,180 @@ def test_baseline_option_parsing_and_matching():
         compare_runs(runs(SEEDED), baseline={"nope": 1})
 
 
-# ------------------------------------------------------------------ reading dvc exp show --json
+# ------------------------------------------------------------------ reading dvc.api.exp_show()
 
-def _metrics(pretrained_miou: float, random_miou: float) -> dict:
-    """The `metrics` part of one dvc exp show entry, all four files present."""
-    return {
-        "metrics/segmentation/pretrained.json": {"data": {"miou": pretrained_miou, "pixel_accuracy": 0.9}},
-        "metrics/segmentation/random.json": {"data": {"miou": random_miou}},
-        "metrics/retrieval/pretrained.json": {"data": {"knn_miou": pretrained_miou - 0.05, "precision@1": 0.6}},
-        "metrics/retrieval/random.json": {"data": {"knn_miou": random_miou - 0.05, "precision@1": 0.5}},
-    }
+PARAMS = {"seed": 0, "data": {"size": [32, 64]}, "pretrain": {"ppm": {"window": 7}, "optim": {"name": "adamw"}}}
+SOURCES = {
+    "miou": ("metrics/segmentation/{}.json:miou", 0.0),
+    "knn_miou": ("metrics/retrieval/{}.json:knn_miou", -0.05),
+    "p1": ("metrics/retrieval/{}.json:precision@1", 0.2),
+}
 
 
-def _missing(path: str) -> dict:
-    return {"error": {"type": "FileNotFoundError", "msg": f"[Errno 2] No such file or directory: '{path}'"}}
-
-
-def _entry(rev: str, name: str | None, seed: int, window: int, metrics: dict) -> dict:
-    params = {"seed": seed, "data": {"size": [32, 64]}, "pretrain": {"ppm": {"window": window}}}
-    return {"rev": rev, "name": name, "error": None, "experiments": None,
-            "data": {"rev": rev, "params": {"params.yaml": {"data": params}}, "metrics": metrics}}
-
-
-def _experiment(entry: dict, state: str | None = "success") -> dict:
-    executor = None if state is None else {"state": state, "name": "dvc-task", "local": {}}
-    return {"revs": [entry], "executor": executor, "name": entry["name"]}
+def _row(rev: str, name: str | None, seed: int, window: int, scores: tuple[float, float] | None,
+         typ: str = "branch_commit", state: str | None = None) -> dict:
+    """One row as dvc.api.exp_show() returns it (shape checked against DVC 3.67 on a real repo):
+    numbers as floats, lists as text, '!' for a metric it could not read, None for none."""
+    row = {"Experiment": name, "rev": rev, "typ": typ, "Created": "02:32 AM", "parent": None, "State": state,
+           "Executor": "Dvc-task" if state else None, "seed": float(seed), "data.size": "[32, 64]",
+           "pretrain.ppm.window": float(window), "pretrain.optim.name": "adamw", "pixpro/train.py": "9ce76f7f"}
+    for backbone, score in zip(("pretrained", "random"), scores or (None, None)):
+        for path, offset in SOURCES.values():
+            row[path.format(backbone)] = "!" if score is None else score + offset
+    return row
 
 
 def exp_show_fixture() -> list[dict]:
-    """What DVC 3.x prints (shape checked against `dvc exp show --json` of a real repo): the
-    workspace (here: the experiment `w7s0` applied), the commit `main` without metrics, and its
-    experiments, some finished, one queued (showing stale metrics), one failed, one incomplete."""
-    no_metrics = {path: _missing(path) for path in _metrics(0, 0)}
-    incomplete = {**_metrics(0.5, 0.2), "metrics/retrieval/random.json": _missing("metrics/retrieval/random.json")}
-    experiments = [
-        _experiment(_entry("a" * 40, "w7s0", 0, 7, _metrics(0.30, 0.20))),
-        _experiment(_entry("b" * 40, "w7s1", 1, 7, _metrics(0.32, 0.21))),
-        _experiment(_entry("c" * 40, "w5s0", 0, 5, _metrics(0.35, 0.20))),
-        _experiment(_entry("d" * 40, "w5s1", 1, 5, _metrics(0.38, 0.21))),
-        _experiment(_entry("e" * 40, "queued-one", 2, 5, _metrics(0.30, 0.20)), state="queued"),
-        {**_experiment(_entry("f" * 40, "failed-one", 2, 7, no_metrics), state="failed")},
-        _experiment(_entry("9" * 40, "half-done", 3, 7, incomplete)),
+    """The workspace (here: the experiment `w7s0` applied), the commit `main` without metrics,
+    and its experiments: some finished, one queued (showing stale metrics), one failed, one
+    incomplete."""
+    half_done = _row("9999999", "half-done", 3, 7, (0.5, 0.2))
+    half_done["metrics/retrieval/random.json:knn_miou"] = "!"
+    half_done["metrics/retrieval/random.json:precision@1"] = None
+    return [
+        _row("workspace", None, 0, 7, (0.30, 0.20), typ="baseline"),
+        _row("main", None, 0, 7, None, typ="baseline"),
+        _row("aaaaaaa", "w7s0", 0, 7, (0.30, 0.20)),
+        _row("bbbbbbb", "w7s1", 1, 7, (0.32, 0.21)),
+        _row("ccccccc", "w5s0", 0, 5, (0.35, 0.20)),
+        _row("ddddddd", "w5s1", 1, 5, (0.38, 0.21)),
+        _row("eeeeeee", "queued-one", 2, 5, (0.30, 0.20), typ="branch_base", state="Queued"),
+        _row("fffffff", "failed-one", 2, 7, None, state="Failed"),
+        half_done,
     ]
-    experiments[5]["revs"][0]["error"] = {"msg": "Experiment run failed", "type": ""}
-    workspace = _entry("workspace", None, 0, 7, _metrics(0.30, 0.20))
-    commit = {**_entry("1" * 40, "main", 0, 7, no_metrics), "experiments": experiments}
-    return [workspace, commit]
 
 
 def test_rows_leave_out_queued_failed_and_incomplete_runs_and_count_the_workspace_once():
-    found = runs_frame(rows_from_exp_show(exp_show_fixture()))
+    found = runs_frame(rows_from_exp_show(exp_show_fixture(), flatten(PARAMS)))
     assert found.frame["name"].tolist() == ["w7s0", "w7s1", "w5s0", "w5s1"]
     assert dict(found.left_out) == {
         "main": "no metrics", "queued-one": "queued", "failed-one": "failed",
         "half-done": "missing metrics/retrieval/random.json:knn_miou, metrics/retrieval/random.json:precision@1"}
     assert found.repeats == [("workspace", "w7s0")]  # the applied experiment is one run, not two
-    assert found.frame.loc[0, "pretrain.ppm.window"] == 7 and found.frame.loc[0, "data.size"] == (32, 64)
+    # Back to params.yaml's types: 7.0 -> 7, '[32, 64]' -> (32, 64); the dep column is no parameter.
+    assert found.frame.loc[0, "pretrain.ppm.window"] == 7 and type(found.frame.loc[0, "seed"]) is int
+    assert found.frame.loc[0, "data.size"] == (32, 64) and found.frame.loc[0, "pretrain.optim.name"] == "adamw"
+    assert "pixpro/train.py" not in found.frame
     assert found.frame.loc[3, "pretrained_knn_miou"] == pytest.approx(0.33)
     table = compare_runs(found.frame).table
+    assert table["group"].tolist() == ["pretrain.ppm.window=5", "pretrain.ppm.window=7"]
     assert table["n"].tolist() == [2, 2] and table["seeds"].tolist() == ["0,1", "0,1"]
 
 
+def test_a_parameter_dvc_prefixes_with_its_file_is_still_read():
+    row = _row("aaaaaaa", "w7s0", 0, 7, (0.30, 0.20))
+    row["params.yaml:seed"] = row.pop("seed")  # what DVC writes when a metric is also called `seed`
+    (found,) = rows_from_exp_show([row], flatten(PARAMS))
+    assert found.params["seed"] == 0
+
+
+def test_booleans_nulls_and_whole_numbers_get_params_yaml_types_back():
+    row = _row("aaaaaaa", "w7s0", 0, 7, (0.30, 0.20))
+    row.update({"pretrain.amp": "True", "pretrain.init": "None", "pretrain.ppm.window": 9.0})
+    params = flatten({**PARAMS, "pretrain": {"amp": False, "init": None, "ppm": {"window": None}}})
+    (found,) = rows_from_exp_show([row], params)
+    assert found.params["pretrain.amp"] is True and found.params["pretrain.init"] is None
+    assert found.params["pretrain.ppm.window"] == 9 and type(found.params["pretrain.ppm.window"]) is int
+    assert format_value(found.params["pretrain.init"]) == "null"
+
+
 def test_every_run_without_metrics_leaves_nothing_to_compare():
-    shown = exp_show_fixture()
-    shown[1]["experiments"] = [e for e in shown[1]["experiments"] if e["executor"]["state"] != "success"]
-    shown[0]["data"]["metrics"] = {}
-    found = runs_frame(rows_from_exp_show(shown))
+    shown = [row for row in exp_show_fixture() if row["State"] or row["typ"] == "baseline"]
+    shown[0] = _row("workspace", None, 0, 7, None, typ="baseline")
+    found = runs_frame(rows_from_exp_show(shown, flatten(PARAMS)))
     assert found.frame.empty and len(found.left_out) == 4
+
+
+def test_a_finetune_metric_reads_its_own_files():
+    metric = parse_metric("finetune.miou_5pct")
+    assert metric.folder == "finetune" and metric.key == "miou_5pct"
+    row = _row("aaaaaaa", "w7s0", 0, 7, (0.30, 0.20))
+    row.update({"metrics/finetune/pretrained.json:miou_5pct": 0.28, "metrics/finetune/random.json:miou_5pct": 0.25})
+    found = runs_frame(rows_from_exp_show([row], flatten(PARAMS), runs_module.metric_sources([metric])),
+                       ["pretrained_finetune.miou_5pct", "random_finetune.miou_5pct"])
+    comparison = compare_runs(found.frame, metrics=[metric])
+    assert comparison.table.loc[0, "finetune.miou_5pct_gain_mean"] == pytest.approx(0.03)
+    assert "## finetune.miou_5pct" in markdown_report(comparison)
+
+
+def test_a_metric_that_is_neither_a_default_nor_folder_key_is_an_error():
+    with pytest.raises(ConfigError, match=r"--metric miou_5pct: expected one of miou, knn_miou, p1 or FOLDER\.KEY"):
+        parse_metric("miou_5pct")
+
+
+# --------------------------------------------------------------------- the result CSVs
+
+CSV_COLUMNS = ["setting", "seed", "pretrained_miou", "random_miou", "gain", "pretrained_knn_miou", "random_knn_miou",
+               "knn_gain", "pretrained_p1", "random_p1", "partner_gap", "seconds"]
+
+
+def write_results(folder: Path) -> Path:
+    """A seed-sweep result file: setting `base` seeds 0, 1 and `other` seeds 0, 1; the per-run
+    folders hold finetune JSONs (base seed 0), a summary.md table (other seed 1), a per-class
+    IoU table (base seed 0), or nothing."""
+    rows = [("base", 0, 0.30, 0.20), ("base", 1, 0.32, 0.21), ("other", 0, 0.35, 0.20), ("other", 1, 0.38, 0.21)]
+    lines = [",".join(CSV_COLUMNS)]
+    for setting, seed, pretrained, random in rows:
+        lines.append(f"{setting},{seed},{pretrained},{random},{pretrained - random},{pretrained - 0.05},"
+                     f"{random - 0.05},{pretrained - random},{pretrained + 0.2},{random + 0.2},0.7,100.0")
+    csv = folder / "study.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    runs = folder / "study_curves"
+    (runs / "base_seed0").mkdir(parents=True)
+    for backbone, score in (("pretrained", 0.28), ("random", 0.25)):
+        (runs / "base_seed0" / f"finetune_{backbone}.json").write_text(
+            json.dumps({"miou_5pct": score, "labelled_images_5pct": 10}))
+        (runs / "base_seed0" / f"{backbone}_per_class_iou.csv").write_text(f"class,iou\nroad,{score + 0.5}\n")
+    (runs / "base_seed1").mkdir()
+    (runs / "other_seed1").mkdir()
+    (runs / "other_seed1" / "summary.md").write_text(
+        "## Label efficiency\n\n|  | pretrained | random | gain |\n|:--|--:|--:|--:|\n"
+        "| 5% of the labels (70 images) | 0.2980 | 0.2561 | 0.0419 |\n")
+    return csv
+
+
+def test_result_rows_carry_the_csv_the_finetune_scores_and_per_class_iou(tmp_path):
+    frame = load_result_rows(write_results(tmp_path))
+    assert frame["name"].tolist() == ["base_seed0", "base_seed1", "other_seed0", "other_seed1"]
+    assert frame["partner_gap"].tolist() == [0.7] * 4
+    assert frame["pretrained_finetune.miou_5pct"].tolist()[0] == 0.28
+    assert frame["random_finetune.miou_5pct"].tolist()[3] == 0.2561  # from summary.md
+    assert frame["pretrained_finetune.miou_5pct"].isna().tolist() == [False, True, True, False]
+    assert frame.loc[0, "pretrained_segmentation.iou.road"] == pytest.approx(0.78)
+    assert "labelled_images_5pct" not in " ".join(frame.columns)
+
+
+def test_result_rows_pair_by_seed_within_settings(tmp_path):
+    frame = load_result_rows(write_results(tmp_path))
+    comparison = compare_runs(frame, by=["setting"], baseline={"setting": "base"})
+    other = group(comparison, "setting=other")  # gains 0.15, 0.17 against 0.10, 0.11
+    assert other["miou_gain_mean"] == pytest.approx(0.16)
+    assert other["miou_vs_baseline_n"] == 2 and other["miou_vs_baseline_mean"] == pytest.approx(0.055)
+    finetune = [parse_metric("finetune.miou_5pct")]
+    complete = complete_runs(frame, finetune)
+    assert complete.frame["name"].tolist() == ["base_seed0", "other_seed1"]
+    assert [name for name, _ in complete.left_out] == ["base_seed1", "other_seed0"]
+    table = compare_runs(complete.frame, by=["setting"], metrics=finetune).table
+    assert table["finetune.miou_5pct_gain_mean"].tolist() == pytest.approx([0.03, 0.2980 - 0.2561])
+
+
+def test_a_file_that_is_no_result_file_is_an_error(tmp_path):
+    (tmp_path / "other.csv").write_text("label,miou\na,0.1\n")
+    with pytest.raises(DataError, match="other.csv: not a seed-sweep result file"):
+        load_result_rows(tmp_path / "other.csv")
+    with pytest.raises(DataError, match="missing.csv: no such result file"):
+        load_result_rows(tmp_path / "missing.csv")
+    with pytest.raises(ConfigError, match="--metric: no run has the score pretrained_finetune.miou_50pct"):
+        complete_runs(load_result_rows(write_results(tmp_path)), [parse_metric("finetune.miou_50pct")])
 
 
 # -------------------------------------------------------------------------------- the command
 
 @pytest.fixture
 def fake_dvc(monkeypatch):
-    """Make `pixpro compare` read `shown[0]` instead of running DVC."""
+    """Make `pixpro compare` read `shown[0]` instead of asking DVC."""
     shown = [exp_show_fixture()]
-    monkeypatch.setattr(compare_module, "exp_show_json", lambda repo, all_commits=False: shown[0])
+    monkeypatch.setattr(runs_module, "exp_show_rows", lambda repo, all_commits=False: (shown[0], flatten(PARAMS)))
     return shown
 
 
@@ -302,10 +367,23 @@ def test_command_writes_the_table_markdown_csv_and_plot(fake_dvc, tmp_path):
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_command_compares_a_result_file_on_a_finetune_metric(tmp_path):
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(app, ["compare", "--results", str(write_results(tmp_path)), "--out-dir", str(out),
+                                      "--metric", "finetune.miou_5pct"])
+    assert result.exit_code == 0, result.output
+    assert "left out 2 without complete metrics: base_seed1" in " ".join(result.output.split())
+    csv = pd.read_csv(out / "compare.csv")
+    assert csv["group"].tolist() == ["setting=base", "setting=other"]
+    assert csv["finetune.miou_5pct_gain_mean"].tolist() == pytest.approx([0.03, 0.2980 - 0.2561])
+    assert "## finetune.miou_5pct" in (out / "compare.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--by", "pretrain.ppm.windw"], "--by pretrain.ppm.windw: no experiment has this parameter"),
     (["--baseline", "pretrain.ppm.window=8"], "--baseline pretrain.ppm.window=8: no group has it"),
     (["--baseline", "window"], "--baseline window: expected KEY=VALUE"),
+    (["--metric", "finetune"], "--metric finetune: expected one of miou, knn_miou, p1 or FOLDER.KEY"),
 ])
 def test_bad_options_are_one_line_errors_and_write_nothing(fake_dvc, tmp_path, args, message):
     out = tmp_path / "reports"
@@ -317,9 +395,8 @@ def test_bad_options_are_one_line_errors_and_write_nothing(fake_dvc, tmp_path, a
 
 
 def test_no_run_with_metrics_is_an_error_that_names_the_runs(fake_dvc, tmp_path):
-    shown = fake_dvc[0]
-    shown[1]["experiments"] = [e for e in shown[1]["experiments"] if e["executor"]["state"] != "success"]
-    shown[0]["data"]["metrics"] = {}
+    fake_dvc[0] = [row for row in fake_dvc[0] if row["State"] or row["typ"] == "baseline"]
+    fake_dvc[0][0] = _row("workspace", None, 0, 7, None, typ="baseline")
     out = tmp_path / "reports"
     result = CliRunner().invoke(app, ["compare", "--out-dir", str(out)])
     assert result.exit_code == 1
@@ -330,9 +407,10 @@ def test_no_run_with_metrics_is_an_error_that_names_the_runs(fake_dvc, tmp_path)
 
 
 def test_a_folder_that_is_not_a_dvc_repository_is_an_error(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
     result = CliRunner().invoke(app, ["compare", "--repo", str(tmp_path), "--out-dir", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert "pixpro compare: error: `dvc exp show --json` failed in" in " ".join(result.output.split())
+    assert f"pixpro compare: error: cannot read the DVC experiments of {tmp_path}" in " ".join(result.output.split())
     assert not (tmp_path / "out").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -65,10 +66,13 @@ def test_tiny_test_params_validate():
     assert params.data.size == (32, 64)
 
 
-def test_empty_file_means_defaults(tmp_path):
+def test_an_empty_file_is_an_error_not_all_defaults(tmp_path):
+    # All defaults by accident (an empty or truncated file) is never what was meant.
     path = tmp_path / "params.yaml"
     path.write_text("# nothing set\n")
-    assert load_params(path) == Params()
+    with pytest.raises(ConfigError, match=r"params file .*params\.yaml is empty: copy the repository's params\.yaml"):
+        load_params(path)
+    assert params_from_dict({}) == Params()  # a mapping without keys still means the defaults
 
 
 def test_int_is_accepted_for_float_and_null_for_optional():
@@ -199,6 +203,12 @@ OUT_OF_RANGE = [
     ("pretrain.optim.warmup_epochs", -1, r"pretrain\.optim\.warmup_epochs must be >= 0"),
     ("pretrain.optim.min_lr_ratio", 2, r"pretrain\.optim\.min_lr_ratio must be in \[0, 1\]"),
     ("pretrain.optim.trust_coefficient", 0, r"pretrain\.optim\.trust_coefficient must be > 0"),
+    # pretrain.loss
+    ("pretrain.loss.contrast", -1.0, r"pretrain\.loss\.contrast must be >= 0 \(0 switches the term off\)"),
+    ("pretrain.loss.temperature", 0, r"pretrain\.loss\.temperature must be > 0"),
+    ("pretrain.loss.coarse_stride", 1, r"pretrain\.loss\.coarse_stride must be >= 2"),
+    ("pretrain.loss.stage_pairs", 0, r"pretrain\.loss\.stage_pairs must be >= 1"),
+    ("pretrain.loss.stage_layers", [-1, -1], r"pretrain\.loss\.stage_layers must be distinct negative"),
     # extract
     ("extract.pixels_per_image", 0, r"extract\.pixels_per_image must be >= 1"),
     ("extract.batch_size", 0, r"extract\.batch_size must be >= 1"),
@@ -215,6 +225,22 @@ OUT_OF_RANGE = [
     ("retrieval.knn_k", 0, r"retrieval\.knn_k must be >= 1"),
     ("retrieval.chunk_size", 0, r"retrieval\.chunk_size must be >= 1"),
     ("retrieval.examples", -1, r"retrieval\.examples must be >= 0"),
+    # finetune
+    ("finetune.label_fractions", [0.5, 0.0], r"finetune\.label_fractions\[1\] = 0\.0 must be in \(0, 1\]"),
+    ("finetune.label_fractions", [], r"finetune\.label_fractions must list at least one fraction"),
+    ("finetune.steps", 0, r"finetune\.steps must be >= 1"),
+    ("finetune.batch_size", 0, r"finetune\.batch_size must be >= 1"),
+    ("finetune.crop_size", [8, 64], r"finetune\.crop_size must be \[h, w\] with both >= 16"),
+    ("finetune.crop_scale", [0.5, 0.2], r"finetune\.crop_scale = \[0\.5, 0\.2\] must be \[min, max\]"),
+    ("finetune.flip", 1.5, r"finetune\.flip must be a probability in \[0, 1\]"),
+    ("finetune.lr_head", 0, r"finetune\.lr_head/lr_backbone must be > 0 \(head\)"),
+    ("finetune.weight_decay", -1e-4, r"finetune\.weight_decay must be >= 0"),
+    ("finetune.warmup_steps", 20, r"finetune\.warmup_steps must be in \[0, steps\)"),
+    ("finetune.head_steps", -1, r"finetune\.head_steps must be >= 0"),
+    ("finetune.eval_every", -1, r"finetune\.eval_every must be >= 0"),
+    ("finetune.workers", -1, r"finetune\.workers must be >= 0"),
+    # top level
+    ("threads", 0, r"threads must be >= 1 or auto"),
 ]
 
 
@@ -223,12 +249,25 @@ def test_out_of_range_names_the_key(key, value, pattern):
     _raises(_with(**{key.replace(".", "__"): value}), pattern)
 
 
+def _sections(cls: type, prefix: str = "") -> list[str]:
+    """Dotted names of every section of the config: each field whose default is a dataclass,
+    nested ones included (pretrain.optim, data.synthetic, ...)."""
+    found = []
+    for f in dataclasses.fields(cls):
+        default = getattr(cls(), f.name)
+        if dataclasses.is_dataclass(default):
+            found += [prefix + f.name, *_sections(type(default), f"{prefix}{f.name}.")]
+    return found
+
+
 def test_every_section_has_an_out_of_range_case():
-    sections = {"seed", "data", "pretrain", "extract", "probe", "evaluate", "retrieval"}
-    nested = {"backbone", "views", "pairs", "ppm", "projector", "optim"}
     keys = [k for k, _, _ in OUT_OF_RANGE]
-    assert sections <= {k.split(".")[0] for k in keys}
-    assert nested <= {k.split(".")[1] for k in keys if k.startswith("pretrain.") and k.count(".") == 2}
+    sections = _sections(Params)
+    assert {"data.synthetic", "pretrain.loss", "finetune"} <= set(sections)  # the walk finds nested ones
+    assert [s for s in sections if not any(k.startswith(f"{s}.") for k in keys)] == []
+    top_level = [f.name for f in dataclasses.fields(Params) if f.name not in sections]
+    assert "threads" in top_level
+    assert [name for name in top_level if name not in keys] == []
 
 
 def test_city_limit_counts_the_extra_split():

@@ -1,15 +1,27 @@
 """Each DVC stage's `deps` list every project module its command can import, so editing code
-reruns the stages that run it (and no test or review has to remember which ones do)."""
+reruns the stages that run it (and no test or review has to remember which ones do), and
+nothing else: a listed module that the command never imports reruns it for nothing.
+
+The one exception is validation. Every stage validates the whole params.yaml before it starts,
+so it imports pixpro/config_eval.py (the evaluation-only sections) even where it reads none of
+them; a range check there decides whether the stage starts, never what it computes. A stage
+lists that module exactly when its `params` read one of its sections: editing a retrieval
+bound leaves `pretrain` up to date (checked with `dvc status` below)."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import inspect
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from pixpro.config import Params
+from tests.conftest import REPO, copy_repo, git_commit, run_checked
 
 PROJECT_PACKAGES = ("pixpro", "stages")
 # Imported by every command but computing nothing a stage writes: the CLI's dispatch table, the
@@ -37,9 +49,12 @@ def imported_files(path: str) -> set[str]:
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from pixpro.data import synthetic` imports a module; `from pixpro.io import x` a name
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            # `from pixpro.data import synthetic` imports a module; `from pixpro.io import x` a name;
+            # `from ._common import x` (stages/) is resolved against the importing file's package
+            package = Path(path).parent.parts[:len(Path(path).parent.parts) - node.level + 1]
+            module = ".".join([*package, node.module] if node.level else [node.module or ""]).strip(".")
+            names = [module] + [f"{module}.{alias.name}" for alias in node.names]
         for name in names:
             file = module_file(name)
             while file is None and "." in name:  # pixpro.model.pixpro.PixPro -> pixpro.model.pixpro
@@ -61,14 +76,15 @@ def closure(start: str) -> set[str]:
     return seen
 
 
-def stages() -> list[tuple[str, str, list[str]]]:
-    """(stage, its command module, deps) from dvc.yaml."""
+def stages() -> list[tuple[str, str, list[str], list[str]]]:
+    """(stage, its command module, deps, params) from dvc.yaml."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     rows = []
     for name, stage in spec.items():
         body = stage.get("do", stage)
         command = body["cmd"].split("pixpro ", 1)[1].split()[0].replace("-", "_")
-        rows.append((name, f"stages/{command}.py", body.get("deps", [])))
+        params = [key for key in body.get("params", []) if isinstance(key, str)]
+        rows.append((name, f"stages/{command}.py", body.get("deps", []), params))
     return rows
 
 
@@ -76,10 +92,77 @@ def covered(path: str, deps: list[str]) -> bool:
     return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
 
 
-@pytest.mark.parametrize("stage, command, deps", stages(), ids=[row[0] for row in stages()])
-def test_stage_deps_list_every_project_module_the_command_imports(stage, command, deps):
-    missing = sorted(path for path in closure(command) - NOT_RESULTS if not covered(path, deps))
+def section_modules() -> dict[str, set[str]]:
+    """Config modules that hold only some sections -> those sections, from Params itself."""
+    modules: dict[str, set[str]] = {}
+    defaults = Params()
+    for field in dataclasses.fields(Params):
+        section = getattr(defaults, field.name)
+        if dataclasses.is_dataclass(section):
+            path = Path(inspect.getsourcefile(type(section))).relative_to(REPO).as_posix()
+            modules.setdefault(path, set()).add(field.name)
+    modules.pop("pixpro/config.py")  # the core: every stage runs it
+    return modules
+
+
+def validation_only(params: list[str]) -> set[str]:
+    """The section modules a stage imports only to validate: it reads none of their sections."""
+    return {path for path, sections in section_modules().items()
+            if not any(key.split(".")[0] in sections for key in params)}
+
+
+STAGES = stages()
+
+
+@pytest.mark.parametrize("stage, command, deps, params", STAGES, ids=[row[0] for row in STAGES])
+def test_stage_deps_list_every_project_module_the_command_imports(stage, command, deps, params):
+    needed = closure(command) - NOT_RESULTS - validation_only(params)
+    missing = sorted(path for path in needed if not covered(path, deps))
     assert missing == [], f"dvc.yaml stage {stage!r} runs {command}, which imports these unlisted modules"
+
+
+@pytest.mark.parametrize("stage, command, deps, params", STAGES, ids=[row[0] for row in STAGES])
+def test_stage_deps_list_no_code_the_command_does_not_run(stage, command, deps, params):
+    needed = closure(command) - NOT_RESULTS - validation_only(params)
+    code = [dep for dep in deps if dep.split("/")[0] in PROJECT_PACKAGES]
+    extra = sorted(dep for dep in code if not any(covered(path, [dep]) for path in needed))
+    assert extra == [], f"dvc.yaml stage {stage!r} lists code that {command} does not run for its results"
+
+
+def test_the_evaluation_sections_live_apart_from_the_core():
+    assert section_modules() == {"pixpro/config_eval.py": {"extract", "probe", "evaluate", "retrieval"}}
+    assert validation_only(["seed", "threads", "data.size", "pretrain"]) == {"pixpro/config_eval.py"}
+    assert validation_only(["retrieval"]) == set()
+
+
+def test_editing_a_retrieval_bound_leaves_pretrain_up_to_date(tmp_path):
+    # A copy whose pretrain stage is recorded as done (placeholder outputs, `dvc commit`); then
+    # edit one range check of retrieval, then one line of the core config, and ask `dvc status`.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    copy_repo(repo)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    for folder in ("data/prepared", "checkpoints/pretrain", "dvclive/pretrain/plots", "models"):
+        shutil.rmtree(repo / folder, ignore_errors=True)
+        (repo / folder).mkdir(parents=True)
+    (repo / "data/prepared/manifest.csv").write_text("split,city,image,mask\n")
+    (repo / "dvclive/pretrain/metrics.json").write_text("{}")
+    (repo / "models/backbone.pt").write_bytes(b"placeholder")
+    git_commit(repo, "copy")
+    run_checked(["dvc", "commit", "--force", "pretrain"], repo, timeout=120)
+    assert "up to date" in run_checked(["dvc", "status", "pretrain"], repo, timeout=120).stdout
+
+    checks = repo / "pixpro/config_eval.py"
+    text = checks.read_text()
+    edited = re.sub(r"self\.k >= 10", "self.k >= 11", text)
+    assert edited != text
+    checks.write_text(edited)
+    assert "up to date" in run_checked(["dvc", "status", "pretrain"], repo, timeout=120).stdout
+
+    core = repo / "pixpro/config.py"
+    core.write_text(core.read_text() + "\n# an edit\n")
+    status = run_checked(["dvc", "status", "pretrain"], repo, timeout=120).stdout
+    assert "modified:" in status and "pixpro/config.py" in status, status
 
 
 def test_the_import_scan_sees_function_level_imports():

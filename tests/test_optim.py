@@ -76,3 +76,62 @@ def test_lars_leaves_biases_and_batchnorm_unadapted_and_undecayed(name):
     grad, start = param.grad.clone(), param.detach().clone()
     ours(model, 0.1).step()
     assert torch.allclose(param.detach(), start - 0.5 * grad, atol=1e-7)  # plain SGD step
+
+
+# ------------------------------------------------------------------ build_optimizer, every name
+
+def _one_step(name: str, weight_decay: float, lr: float = 0.1):
+    """One build_optimizer step on the fixed problem: (weight, bias) before, their grads, after."""
+    from pixpro.config import OptimConfig
+    from pixpro.optim import build_optimizer
+
+    model, inputs, targets = fixed_problem()
+    cfg = OptimConfig(name=name, weight_decay=weight_decay, momentum=0.9, trust_coefficient=0.02)
+    optimizer = build_optimizer(model, cfg, lr)
+    nn.functional.mse_loss(model(inputs), targets).backward()
+    weight, bias = model[0].weight, model[0].bias
+    before = (weight.detach().clone(), bias.detach().clone())
+    grads = (weight.grad.clone(), bias.grad.clone())
+    optimizer.step()
+    return before, grads, (weight.detach(), bias.detach())
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "lars"])
+def test_each_optimiser_takes_its_hand_computed_first_step(name):
+    wd, lr, eta = 0.1, 0.1, 0.02
+    (w, b), (gw, gb), (w1, b1) = _one_step(name, wd, lr)
+    if name == "sgd":  # decay added to the gradient; the momentum buffer starts as the gradient
+        expected_w, expected_b = w - lr * (gw + wd * w), b - lr * gb
+    elif name == "adamw":  # decoupled decay; bias-corrected moments make the first step lr * sign(g)
+        eps = 1e-8
+        expected_w = w * (1 - lr * wd) - lr * gw / (gw.abs() + eps)
+        expected_b = b - lr * gb / (gb.abs() + eps)
+    else:
+        update = gw + wd * w
+        expected_w, expected_b = w - lr * eta * w.norm() / update.norm() * update, b - lr * gb
+    assert torch.allclose(w1, expected_w, atol=1e-6)
+    assert torch.allclose(b1, expected_b, atol=1e-6)  # 1-D: no decay (and no LARS adaptation)
+    assert not torch.allclose(w1, w)
+
+
+def test_parts_get_their_own_learning_rates_and_a_frozen_part_is_dropped():
+    from pixpro.config import OptimConfig
+    from pixpro.optim import build_optimizer
+
+    head, body = nn.Linear(4, 2), nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    optimizer = build_optimizer([(head, 0.3), (body, 0.01)], OptimConfig(name="adamw", weight_decay=0.05))
+    assert [g["lr"] for g in optimizer.param_groups] == [0.3, 0.3, 0.01, 0.01]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0, 0.05, 0.0]
+    assert optimizer.param_groups[0]["params"] == [head.weight]
+    assert optimizer.param_groups[3]["params"] == [body[0].bias, body[1].weight, body[1].bias]
+    body.requires_grad_(False)
+    frozen = build_optimizer([(head, 0.3), (body, 0.01)], OptimConfig(name="adamw", weight_decay=0.05))
+    assert [g["lr"] for g in frozen.param_groups] == [0.3, 0.3]
+
+
+def test_a_single_module_needs_a_learning_rate():
+    from pixpro.config import OptimConfig
+    from pixpro.optim import build_optimizer
+
+    with pytest.raises(ValueError, match="give `lr` with a single module"):
+        build_optimizer(nn.Linear(2, 2), OptimConfig())
