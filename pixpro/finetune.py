@@ -3,6 +3,11 @@
 For each `finetune.label_fractions` entry the same recipe (steps, learning rates, crops) starts
 again from the backbone's initial weights, so the curve mIoU(fraction) differs between the
 pretrained and random backbones only by their initialisation and the number of labelled images.
+
+The classifier starts as the linear probe fitted on the fraction's images (LP-FT, head_init: probe):
+20 AdamW steps of a randomly initialised head on frozen pretrained features reached 0.08-0.09 val
+mIoU on the synthetic default where the probe reaches 0.19, so end-to-end training from a random
+head spent its steps bending the backbone towards a poor head.
 """
 
 from __future__ import annotations
@@ -10,28 +15,30 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from pixpro.config import FinetuneConfig, fraction_percent
+from pixpro.config import FinetuneConfig, OptimConfig, fraction_percent
+from pixpro.config_eval import ExtractConfig, ProbeConfig
 from pixpro.data.classes import IGNORE, ClassTable
 from pixpro.data.views import load_image_tensor, normalize
 from pixpro.errors import ConfigError, DataError
-from pixpro.features import labelled_batches
+from pixpro.features import embed, extract_bank, labelled_batches, prepared_file, read_prepared_mask
 from pixpro.io import atomic_write_json
 from pixpro.metrics import ConfusionAccumulator
-from pixpro.optim import parameter_groups
+from pixpro.optim import build_optimizer
+from pixpro.probe import fit_probe
 from pixpro.progress import progress_bar
 from pixpro.schedules import warmup_cosine
 
@@ -96,8 +103,9 @@ class PlannedCrops(Dataset):
 
     def __getitem__(self, k: int) -> Crop:
         row = self.rows.iloc[int(self.plan.image[k])]
-        image = normalize(load_image_tensor(row["image"]))  # (3, H, W)
-        mask = torch.from_numpy(np.asarray(Image.open(row["mask"]), dtype=np.int64))  # (H, W)
+        with prepared_file():
+            image = normalize(load_image_tensor(row["image"]))  # (3, H, W)
+        mask = torch.from_numpy(read_prepared_mask(row["mask"]).astype(np.int64))  # (H, W)
         if mask.shape != image.shape[-2:]:
             raise DataError(f"mask {row['mask']} is {tuple(mask.shape)} but image {row['image']} is "
                             f"{tuple(image.shape[-2:])}; rerun `pixpro prepare`")
@@ -111,7 +119,8 @@ class PlannedCrops(Dataset):
 
 
 class Segmenter(nn.Module):
-    """backbone (B, 3, H, W) -> (B, C, H, W), then a 1x1 conv -> (B, K, H, W) class logits."""
+    """backbone (B, 3, H, W) -> (B, C, H, W) unit-length pixel features, then a 1x1 conv -> (B, K, H, W)
+    class logits: the linear probe's model (features.embed), so a probe's weights are a classifier."""
 
     def __init__(self, backbone: nn.Module, dim: int, num_classes: int):
         super().__init__()
@@ -119,25 +128,56 @@ class Segmenter(nn.Module):
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.classifier(self.backbone(images))
+        return self.classifier(embed(self.backbone, images))
 
 
-def build_optimizer(model: Segmenter, cfg: FinetuneConfig) -> tuple[torch.optim.Optimizer, list[float]]:
-    """AdamW with the backbone's and the classifier's learning rates; and each group's base lr.
+def adamw(parts: list[tuple[nn.Module, float]], weight_decay: float) -> tuple[torch.optim.Optimizer, list[float]]:
+    """AdamW over each (module, lr) part's trainable parameters (pixpro.optim's groups: no decay on
+    1-D ones); and each group's base lr, which the schedule multiplies."""
+    optimizer = build_optimizer(parts, OptimConfig(name="adamw", weight_decay=weight_decay))
+    return optimizer, [group["lr"] for group in optimizer.param_groups]
 
-    lr_backbone = 0 freezes the backbone (no gradients, BatchNorm statistics kept)."""
-    groups = []
-    parts = [(model.classifier, cfg.lr_head)]
-    if cfg.lr_backbone > 0:
-        parts.append((model.backbone, cfg.lr_backbone))
-    else:
-        model.backbone.requires_grad_(False)
-    for module, lr in parts:
-        for group in parameter_groups(module, cfg.weight_decay):
-            group.pop("lars_exclude")
-            groups.append({**group, "lr": lr})
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups), [g["lr"] for g in groups]
+
+class Phase(NamedTuple):
+    """A stretch of training: which weights learn, at which lrs, and whether BatchNorm's running
+    statistics follow the batches."""
+    steps: int
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]
+    schedule: np.ndarray  # (steps,) lr multiplier
+    backbone_learns: bool
+    batch_statistics: bool
+
+
+def training_phases(model: Segmenter, cfg: FinetuneConfig) -> list[Phase]:
+    """LP-FT (Kumar et al., ICLR 2022): `head_steps` of the classifier alone on the frozen
+    backbone, then `steps` of everything. A random head sends the backbone noise gradients that
+    distort pretrained features before the head has learnt anything; a fitted head does not.
+
+    lr_backbone = 0 keeps the backbone frozen throughout (a linear head on fixed features).
+    freeze_bn keeps the backbone's BatchNorm running statistics while its weights learn: a few
+    labelled images give noisy batch statistics, the initial ones came from many images."""
+    phases = []
+    if cfg.head_steps:
+        optimizer, base_lrs = adamw([(model.classifier, cfg.lr_head)], cfg.weight_decay)
+        phases.append(Phase(cfg.head_steps, optimizer, base_lrs, warmup_cosine(1.0, 0.0, cfg.head_steps),
+                            backbone_learns=False, batch_statistics=False))
+    learns = cfg.lr_backbone > 0
+    parts = [(model.classifier, cfg.lr_head)] + ([(model.backbone, cfg.lr_backbone)] if learns else [])
+    optimizer, base_lrs = adamw(parts, cfg.weight_decay)
+    phases.append(Phase(cfg.steps, optimizer, base_lrs, warmup_cosine(1.0, 0.0, cfg.steps, cfg.warmup_steps),
+                        backbone_learns=learns, batch_statistics=learns and not cfg.freeze_bn))
+    return phases
+
+
+def enter_phase(model: Segmenter, phase: Phase) -> None:
+    """Training mode for the phase (also after a val pass put the model in eval mode)."""
+    model.train()
+    model.backbone.requires_grad_(phase.backbone_learns)  # frozen: no backbone graph is built
+    if not phase.batch_statistics:
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()  # normalise with the running statistics and leave them unchanged
 
 
 @dataclass
@@ -148,6 +188,15 @@ class FractionResult:
     pixel_accuracy: float
     final_loss: float
     skipped_batches: int  # batches whose crops held no labelled pixel
+    # (step, val mIoU, val pixel accuracy) during training, steps counted over both phases; the
+    # last row is (steps, miou, pixel_accuracy)
+    val_curve: list[tuple[int, float, float]] = field(default_factory=list)
+
+
+class TrainResult(NamedTuple):
+    final_loss: float
+    skipped_batches: int
+    val_curve: list[tuple[int, float, float]]  # (step, val mIoU, val pixel accuracy); empty without a scorer
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -155,43 +204,86 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
+def evaluation_steps(cfg: FinetuneConfig) -> set[int]:
+    """Steps (counted over both phases) after which val is scored: every eval_every, the start
+    with a probe head, the end of the head phase and the last step."""
+    total = cfg.head_steps + cfg.steps
+    every = set(range(cfg.eval_every, total + 1, cfg.eval_every)) if cfg.eval_every else set()
+    starts = {0} if cfg.head_init == "probe" else set()  # the probe that fine-tuning starts from
+    return every | {total} | starts | ({cfg.head_steps} if cfg.head_steps else set())
+
+
+def pixel_class_weights(rows: pd.DataFrame, subset: Tensor, num_classes: int) -> Tensor:
+    """(K,) 'balanced' cross-entropy weights N / (present classes x N_c) from the pixel counts of
+    `subset`'s masks (0 for absent classes): the probe sees class-balanced pixels, and unweighted
+    cross-entropy drifts a probe head towards the frequent classes."""
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for path in rows["mask"].iloc[subset.numpy()]:
+        labels = torch.from_numpy(read_prepared_mask(path).astype(np.int64)).flatten()
+        counts += torch.bincount(labels[labels != IGNORE], minlength=num_classes)[:num_classes].double()
+    present = (counts > 0).sum()
+    return torch.where(counts > 0, counts.sum() / (present * counts.clamp(min=1)), 0.0).float()
+
+
 def train_segmenter(model: Segmenter, rows: pd.DataFrame, subset: Tensor, image_size: tuple[int, int],
                     cfg: FinetuneConfig, generator: torch.Generator, device: torch.device,
-                    description: str) -> tuple[float, int]:
-    """cfg.steps AdamW steps of pixel cross-entropy (255 ignored) on crops of `subset`'s images.
+                    description: str, score: Callable[[], tuple[float, float]] | None = None,
+                    class_weights: Tensor | None = None) -> TrainResult:
+    """cfg.head_steps + cfg.steps AdamW steps of pixel cross-entropy (255 ignored) on crops of
+    `subset`'s images, in the phases of training_phases; `score()` (val mIoU, pixel accuracy)
+    runs after each of evaluation_steps. class_weights (K,) weight the cross-entropy (None: unweighted).
 
-    Returns the last step's loss and the number of skipped all-ignore batches."""
-    plan = crop_plan(subset, cfg.steps * cfg.batch_size, image_size, cfg, generator)
+    A batch without a labelled pixel is skipped (cross-entropy over no pixel is NaN) but keeps its
+    step, so the schedule stays aligned with the crop plan."""
+    phases = training_phases(model, cfg)
+    total = sum(phase.steps for phase in phases)
+    plan = crop_plan(subset, total * cfg.batch_size, image_size, cfg, generator)
     loader = DataLoader(PlannedCrops(rows, plan, cfg.crop_size), batch_size=cfg.batch_size,
                         num_workers=cfg.workers, persistent_workers=False)
-    optimizer, base_lrs = build_optimizer(model, cfg)
-    schedule = warmup_cosine(1.0, 0.0, cfg.steps, cfg.warmup_steps)  # (steps,) lr multiplier
-    model.train()
-    if cfg.lr_backbone == 0:
-        model.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics too
-    loss_value, skipped = math.nan, 0
+    steps = [(phase, local) for phase in phases for local in range(phase.steps)]  # global step -> phase, local step
+    scored_after = evaluation_steps(cfg) if score is not None else set()
+    loss_value, skipped, curve = math.nan, 0, []
+    if 0 in scored_after:
+        curve.append((0, *score()))
     with progress_bar() as progress:
-        task = progress.add_task(description, total=cfg.steps)
+        task = progress.add_task(description, total=total)
         for step, (images, masks) in enumerate(loader):
+            phase, local = steps[step]
+            if local == 0 or step in scored_after:  # a phase starts, or a val pass left eval mode
+                enter_phase(model, phase)
             masks = masks.to(device)
-            if not (masks != IGNORE).any():
-                skipped += 1  # cross-entropy over no pixel is NaN
-                progress.advance(task)
-                continue
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * schedule[step]
-            with autocast(device, cfg.amp):
-                logits = model(images.to(device))  # (B, K, h, w)
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE)
-            if not torch.isfinite(loss):
-                raise DataError(f"fine-tuning loss is {loss.item()} at step {step}: lower finetune.lr_head / "
-                                f"lr_backbone")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_value = loss.item()
+            if (masks != IGNORE).any():
+                for group, base in zip(phase.optimizer.param_groups, phase.base_lrs):
+                    group["lr"] = base * phase.schedule[local]
+                with autocast(device, cfg.amp):
+                    logits = model(images.to(device))  # (B, K, h, w)
+                loss = F.cross_entropy(logits.float(), masks, weight=class_weights, ignore_index=IGNORE)
+                if not torch.isfinite(loss):
+                    raise DataError(f"fine-tuning loss is {loss.item()} at step {step}: lower finetune.lr_head / "
+                                    f"lr_backbone")
+                phase.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                phase.optimizer.step()
+                loss_value = loss.item()
+            else:
+                skipped += 1
             progress.advance(task)
-    return loss_value, skipped
+            if step + 1 in scored_after:
+                curve.append((step + 1, *score()))
+    return TrainResult(loss_value, skipped, curve)
+
+
+def fit_probe_head(model: Segmenter, rows: pd.DataFrame, subset: Tensor, extract: ExtractConfig,
+                   probe: ProbeConfig, seed: int, device: torch.device, num_classes: int) -> None:
+    """The LP of LP-FT: the probe stage's logistic regression, fitted on the frozen backbone's
+    features of class-balanced pixels of `subset`'s images only, becomes the classifier."""
+    model.eval()
+    with torch.no_grad():
+        bank = extract_bank(model.backbone, rows.iloc[subset.numpy()], extract, seed, device, num_classes)
+    linear = fit_probe(bank.features.float(), bank.labels.long(), num_classes, probe).probe  # (K, C) weights
+    with torch.no_grad():
+        model.classifier.weight.copy_(linear.weight[:, :, None, None])
+        model.classifier.bias.copy_(linear.bias)
 
 
 @torch.no_grad()
@@ -209,31 +301,39 @@ def score_segmenter(model: Segmenter, rows: pd.DataFrame, batch_size: int, devic
     return scores.miou, scores.pixel_accuracy
 
 
+def print_warning(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 class ResultStore:
     """Finished fractions of one stage run, kept across an interruption.
 
     A rerun reuses a fraction only when everything that decides it (its `fingerprint`) is
-    unchanged; anything else starts that fraction again."""
+    unchanged; anything else starts that fraction again. A file that cannot be read back is
+    reported through `warn` and then overwritten, never silently dropped."""
 
-    def __init__(self, path: Path, fingerprint: dict):
+    def __init__(self, path: Path, fingerprint: dict, warn: Callable[[str], None] = print_warning):
         self.path = Path(path)
         self.fingerprint = fingerprint
-        self.results: dict[str, dict] = {}
-        if self.path.is_file():
+        self.results: dict[str, FractionResult] = {}
+        if self.path.exists():
             try:
                 saved = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError):
-                saved = {}
-            if saved.get("fingerprint") == fingerprint:
-                self.results = saved.get("results", {})
+                if saved["fingerprint"] == fingerprint:
+                    self.results = {key: FractionResult(**{**found, "val_curve": [tuple(row) for row in
+                                                                                  found["val_curve"]]})
+                                    for key, found in saved["results"].items()}
+            except (OSError, UnicodeDecodeError, ValueError, LookupError, TypeError) as error:
+                reason = f"{type(error).__name__}: {error}".splitlines()[0]
+                warn(f"warning: resume file {self.path} is damaged ({reason}); training every fraction again")
 
     def get(self, fraction: float) -> FractionResult | None:
-        found = self.results.get(repr(fraction))
-        return FractionResult(**found) if found else None
+        return self.results.get(repr(fraction))
 
     def put(self, result: FractionResult) -> None:
-        self.results[repr(result.fraction)] = asdict(result)
-        atomic_write_json(self.path, {"fingerprint": self.fingerprint, "results": self.results})
+        self.results[repr(result.fraction)] = result
+        atomic_write_json(self.path, {"fingerprint": self.fingerprint,
+                                      "results": {key: asdict(r) for key, r in self.results.items()}})
 
 
 def file_digest(path: Path) -> str:
@@ -243,33 +343,63 @@ def file_digest(path: Path) -> str:
 def label_efficiency(init_backbone: Callable[[], nn.Module], dim: int, train_rows: pd.DataFrame,
                      val_rows: pd.DataFrame, image_size: tuple[int, int], cfg: FinetuneConfig, seed: int,
                      classes: ClassTable, device: torch.device, store: ResultStore,
-                     name: str, log: Callable[[str], None] = print) -> list[FractionResult]:
-    """Fine-tune a fresh copy of the backbone per label fraction and score it on val.
+                     name: str, log: Callable[[str], None] = print, live: Path | None = None,
+                     extract: ExtractConfig = ExtractConfig(), probe: ProbeConfig = ProbeConfig()
+                     ) -> list[FractionResult]:
+    """Fine-tune a fresh copy of the backbone per label fraction and score it on val, also during
+    training (evaluation_steps); the val curves go to the dvclive folder `live` when given.
+    With finetune.head_init = probe, the classifier starts as the linear probe (the `extract` and
+    `probe` sections' recipe) fitted on the fraction's images.
 
     init_backbone() returns the initial backbone (the same weights every call)."""
     subsets = labelled_subsets(len(train_rows), cfg.label_fractions, seed)
     results = []
     for index, fraction in enumerate(cfg.label_fractions):
+        percent = fraction_percent(fraction)
         done = store.get(fraction)
         if done is not None:
-            log(f"{name} {fraction_percent(fraction)}%: reused from the interrupted run, mIoU {done.miou:.4f}")
+            log(f"{name} {percent}%: reused from the interrupted run, mIoU {done.miou:.4f}")
             results.append(done)
             continue
         backbone = init_backbone()
         torch.manual_seed(seed)  # after the backbone is built: the same classifier init for both backbones
         model = Segmenter(backbone, dim, classes.num_classes).to(device)
+        if cfg.head_init == "probe":
+            fit_probe_head(model, train_rows, subsets[fraction], extract, probe, seed, device, classes.num_classes)
         # One stream per fraction, from seed alone: both backbones see identical crops.
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
-        loss, skipped = train_segmenter(model, train_rows, subsets[fraction], image_size, cfg, generator,
-                                        device, f"finetune {name} {fraction_percent(fraction)}%")
-        miou, accuracy = score_segmenter(model, val_rows, cfg.batch_size, device, classes, cfg.amp,
-                                         f"score {name} {fraction_percent(fraction)}%")
-        result = FractionResult(fraction, len(subsets[fraction]), miou, accuracy, loss, skipped)
+        weights = (pixel_class_weights(train_rows, subsets[fraction], classes.num_classes).to(device)
+                   if cfg.class_weighting == "balanced" else None)
+        trained = train_segmenter(
+            model, train_rows, subsets[fraction], image_size, cfg, generator, device, f"finetune {name} {percent}%",
+            score=lambda: score_segmenter(model, val_rows, cfg.batch_size, device, classes, cfg.amp,
+                                          f"score {name} {percent}%"), class_weights=weights)
+        _, miou, accuracy = trained.val_curve[-1]  # after the last step
+        result = FractionResult(fraction, len(subsets[fraction]), miou, accuracy, trained.final_loss,
+                                trained.skipped_batches, trained.val_curve)
         store.put(result)
-        log(f"{name} {fraction_percent(fraction)}% ({result.labelled_images} images): mIoU {miou:.4f}, "
-            f"last loss {loss:.3f}")
+        log(f"{name} {percent}% ({result.labelled_images} images): mIoU {miou:.4f}, "
+            f"last loss {trained.final_loss:.3f}")
         results.append(result)
+        if live is not None:
+            write_val_curves(live, results)  # after every fraction: an interrupted run shows its progress
+    if live is not None:
+        write_val_curves(live, results)  # also when every fraction was reused
     return results
+
+
+def write_val_curves(live_dir: Path, results: list[FractionResult]) -> None:
+    """dvclive curves `miou_<p>pct` (val mIoU against the step) under live_dir/plots/metrics, one
+    per fraction, rewritten whole from `results` so a resumed run's curves have no duplicates."""
+    from dvclive import Live
+
+    # dvc.yaml declares the outputs itself, so dvclive must not edit it; resume=False clears the folder.
+    live = Live(str(live_dir), resume=False, dvcyaml=None, save_dvc_exp=False, report=None)
+    for result in results:
+        for step, miou, _ in result.val_curve:
+            live.step = step
+            live.log_metric(f"miou_{fraction_percent(result.fraction)}pct", miou)
+    live.make_summary()
 
 
 def metrics_dict(results: list[FractionResult]) -> dict:

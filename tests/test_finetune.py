@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -15,8 +17,9 @@ from pixpro.config import FinetuneConfig
 from pixpro.data.classes import load_prepared_classes
 from pixpro.errors import ConfigError
 from pixpro.features import init_backbone, split_rows
-from pixpro.finetune import (CropPlan, PlannedCrops, ResultStore, Segmenter, crop_plan, label_efficiency,
-                             labelled_subsets, metrics_dict, score_segmenter, train_segmenter)
+from pixpro.finetune import (CropPlan, FractionResult, PlannedCrops, ResultStore, Segmenter, crop_plan,
+                             evaluation_steps, label_efficiency, labelled_subsets, metrics_dict, score_segmenter,
+                             train_segmenter)
 from pixpro.model.backbone import build_backbone
 from pixpro.report import finetune_table
 from tests.conftest import VENV_BIN, make_eval_params, tiny_params
@@ -52,6 +55,10 @@ def test_a_fraction_that_selects_no_image_says_how_many_it_would_need():
      r"finetune.crop_size.*divisible by 32 for smp_unet"),
     ({"finetune.warmup_steps": 3, "finetune.steps": 3}, r"warmup_steps.*\[0, steps\)"),
     ({"finetune.lr_head": 0.0}, r"lr_head"),
+    ({"finetune.head_steps": -1}, r"finetune.head_steps.*>= 0"),
+    ({"finetune.eval_every": -1}, r"finetune.eval_every.*>= 0"),
+    ({"finetune.head_init": "linear"}, r"finetune.head_init"),
+    ({"finetune.class_weighting": "inverse"}, r"finetune.class_weighting"),
 ])
 def test_bad_finetune_params_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -138,10 +145,10 @@ def test_fine_tuning_learns_a_colour_rule_an_untrained_head_does_not_know(tmp_pa
 
     untrained, _ = score_segmenter(fresh().eval(), rows, 3, CPU, TwoClasses, amp=False, description="")
     model = fresh()
-    loss, skipped = train_segmenter(model, rows, torch.arange(6), (32, 64), cfg, torch.Generator().manual_seed(0),
-                                    CPU, "test")
+    result = train_segmenter(model, rows, torch.arange(6), (32, 64), cfg, torch.Generator().manual_seed(0), CPU,
+                             "test")
     trained, accuracy = score_segmenter(model, rows, 3, CPU, TwoClasses, amp=False, description="")
-    assert skipped == 0 and np.isfinite(loss)
+    assert result.skipped_batches == 0 and np.isfinite(result.final_loss) and result.val_curve == []
     assert trained > 0.9 and accuracy > 0.95, (trained, untrained)
     assert trained > untrained + 0.2
 
@@ -160,6 +167,148 @@ def test_zero_backbone_lr_trains_the_head_only(tmp_path):
     assert not torch.equal(head, model.classifier.weight)
 
 
+def _stripes_model(seed: int = 0) -> Segmenter:
+    params = make_eval_params()
+    torch.manual_seed(seed)
+    return Segmenter(build_backbone(params.pretrain.backbone), params.pretrain.backbone.dim, 2)
+
+
+def _backbone_state(model: Segmenter) -> dict:
+    return {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lp_ft_fits_the_head_on_the_untouched_backbone_before_training_both(tmp_path):
+    rows = _stripes_dataset(tmp_path, 4)
+    model = _stripes_model()
+    initial, head = _backbone_state(model), model.classifier.weight.detach().clone()
+    cfg = FinetuneConfig(head_steps=4, steps=3, batch_size=2, crop_size=(16, 32), lr_backbone=0.01, warmup_steps=0,
+                         head_init="random")
+    seen = []
+
+    def score():  # called after the head phase (step 4) and the last step (7)
+        seen.append((_states_equal(initial, _backbone_state(model)), torch.equal(head, model.classifier.weight)))
+        return 0.5, 0.5
+
+    result = train_segmenter(model, rows, torch.arange(4), (32, 64), cfg, torch.Generator().manual_seed(0), CPU,
+                             "test", score=score)
+    assert [step for step, *_ in result.val_curve] == [4, 7]
+    # After the head phase: backbone weights and BatchNorm statistics as they were, the head moved.
+    assert seen[0] == (True, False)
+    assert seen[1][0] is False  # then the backbone learns too
+
+
+def test_a_probe_head_predicts_what_the_linear_probe_on_the_same_pixels_predicts(tmp_path):
+    from pixpro.config_eval import ExtractConfig, ProbeConfig
+    from pixpro.features import embed, extract_bank
+    from pixpro.finetune import fit_probe_head
+    from pixpro.probe import fit_probe
+
+    rows = _stripes_dataset(tmp_path, 4)
+    model = _stripes_model()
+    initial = _backbone_state(model)
+    extract, probe = ExtractConfig(pixels_per_image=32, batch_size=2), ProbeConfig()
+    subset = torch.tensor([2, 0])
+    fit_probe_head(model, rows, subset, extract, probe, 0, CPU, 2)
+    assert _states_equal(initial, _backbone_state(model))  # weights and BatchNorm statistics
+    # The probe stage's recipe, by hand, on the same two images.
+    bank = extract_bank(model.backbone.eval(), rows.iloc[[2, 0]], extract, 0, CPU, 2)
+    linear = fit_probe(bank.features.float(), bank.labels.long(), 2, probe).probe
+    images = torch.stack([PlannedCrops(rows, CropPlan(torch.tensor([i]), torch.tensor([[0, 0, 32, 64]]),
+                                                      torch.tensor([False])), (32, 64))[0].image for i in range(4)])
+    with torch.no_grad():
+        by_hand = linear(embed(model.backbone, images).permute(0, 2, 3, 1)).argmax(-1)  # (4, 32, 64)
+        assert torch.equal(model(images).argmax(1), by_hand)
+    assert by_hand.unique().tolist() == [0, 1]  # a fitted probe, not a constant map
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_freeze_bn_keeps_running_statistics_while_the_backbone_weights_learn(tmp_path, freeze_bn):
+    rows = _stripes_dataset(tmp_path, 2)
+    model = _stripes_model()
+    initial = _backbone_state(model)
+    cfg = FinetuneConfig(steps=3, batch_size=2, crop_size=(16, 32), lr_backbone=0.01, warmup_steps=0,
+                         freeze_bn=freeze_bn)
+    train_segmenter(model, rows, torch.arange(2), (32, 64), cfg, torch.Generator().manual_seed(0), CPU, "test")
+    after = model.backbone.state_dict()
+    statistics = [k for k in initial if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k, v in initial.items() if k not in statistics and v.is_floating_point()]
+    assert statistics and weights
+    assert all(torch.equal(initial[k], after[k]) for k in statistics) == freeze_bn
+    assert not all(torch.equal(initial[k], after[k]) for k in weights)
+
+
+@pytest.mark.parametrize("head_steps, steps, every, expected", [
+    (0, 10, 0, [10]),
+    (0, 10, 4, [4, 8, 10]),
+    (4, 10, 5, [4, 5, 10, 14]),
+    (3, 3, 3, [3, 6]),
+    ("probe", 10, 5, [0, 5, 10]),  # a probe head: also before the first step
+])
+def test_val_is_scored_every_eval_every_steps_at_the_end_of_the_head_phase_and_at_the_end(
+        head_steps, steps, every, expected):
+    head_init = "probe" if head_steps == "probe" else "random"
+    head_steps = 0 if head_steps == "probe" else head_steps
+    cfg = FinetuneConfig(head_steps=head_steps, steps=steps, eval_every=every, warmup_steps=0, head_init=head_init)
+    assert sorted(evaluation_steps(cfg)) == expected
+
+
+def test_a_scorer_gives_a_val_curve_and_leaves_training_mode_as_the_phase_wants(tmp_path):
+    rows = _stripes_dataset(tmp_path, 2)
+    model = _stripes_model()
+    cfg = FinetuneConfig(steps=4, batch_size=2, crop_size=(16, 32), eval_every=2, warmup_steps=0, freeze_bn=True,
+                         head_init="random")
+    modes = []
+
+    def score():
+        model.eval()  # as score_segmenter does
+        return 0.1 * len(modes), 0.2
+
+    original = model.classifier.forward
+
+    def spy(features):
+        bn = [m.training for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        modes.append((model.training, any(bn)))
+        return original(features)
+
+    model.classifier.forward = spy
+    result = train_segmenter(model, rows, torch.arange(2), (32, 64), cfg, torch.Generator().manual_seed(0), CPU,
+                             "test", score=score)
+    assert [step for step, *_ in result.val_curve] == [2, 4]
+    # Every training step, also the ones after a val pass: training mode, BatchNorm frozen.
+    assert modes == [(True, False)] * 4
+
+
+@pytest.mark.parametrize("damage", [
+    "{\"fingerprint\": {\"recipe\": 1}, \"results\": {\"1.0\": {\"fraction\"",  # cut off mid-write
+    "[1, 2]",
+    "{\"fingerprint\": {\"recipe\": 1}}",
+    "{\"fingerprint\": {\"recipe\": 1}, \"results\": {\"1.0\": {\"fraction\": 1.0, \"colour\": 3}}}",
+    "\udcff",
+])
+def test_a_damaged_resume_file_is_reported_in_one_line_and_replaced(tmp_path, damage):
+    path = tmp_path / "resume.json"
+    path.write_bytes(damage.encode("utf-8", "surrogateescape"))
+    warnings = []
+    store = ResultStore(path, {"recipe": 1}, warn=warnings.append)
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0].startswith(f"warning: resume file {path} is damaged (")
+    assert store.get(1.0) is None
+    result = FractionResult(1.0, 4, 0.3, 0.8, 1.0, 0, [(5, 0.3, 0.8)])
+    store.put(result)
+    assert ResultStore(path, {"recipe": 1}, warn=warnings.append).get(1.0) == result and len(warnings) == 1
+
+
+def test_another_recipe_starts_over_without_a_warning(tmp_path):
+    path = tmp_path / "resume.json"
+    ResultStore(path, {"recipe": 1}).put(FractionResult(1.0, 4, 0.3, 0.8, 1.0, 0, [(5, 0.3, 0.8)]))
+    warnings = []
+    assert ResultStore(path, {"recipe": 2}, warn=warnings.append).get(1.0) is None and warnings == []
+
+
 # --------------------------------------------------------------------------- resume and the stage
 
 
@@ -173,22 +322,36 @@ def test_an_interrupted_run_reuses_finished_fractions_only_under_the_same_finger
         calls.append(1)
         return init_backbone("random", params, tmp_path / "absent.pt")
 
+    live = tmp_path / "live"
+    cfg = dataclasses.replace(params.finetune, eval_every=2)  # 3 steps: val at the probe head (0), after 2 and 3
+
     def run(store: ResultStore):
         calls.clear()
         return label_efficiency(init, params.pretrain.backbone.dim, train, val, tuple(params.data.size),
-                                params.finetune, params.seed, classes, CPU, store, "random", log=lambda _: None)
+                                cfg, params.seed, classes, CPU, store, "random", log=lambda _: None, live=live)
+
+    def curves() -> dict[str, pd.DataFrame]:
+        return {table.name: pd.read_csv(table, sep="\t") for table in (live / "plots" / "metrics").glob("*.tsv")}
 
     path = tmp_path / "resume.json"
     first = run(ResultStore(path, {"recipe": 1}))
     assert len(calls) == 2  # one fresh backbone per fraction
+    written = curves()
+    assert sorted(written) == ["miou_100pct.tsv", "miou_50pct.tsv"]  # one dvclive curve per fraction
+    for result in first:
+        table = written[f"miou_{round(100 * result.fraction)}pct.tsv"]
+        assert table["step"].tolist() == [0, 2, 3] and table.iloc[-1, 1] == pytest.approx(result.miou)
+    shutil.rmtree(live)
     reused = run(ResultStore(path, {"recipe": 1}))
     assert calls == [] and reused == first
+    assert all(curves()[name].equals(table) for name, table in written.items())  # rewritten from the store
     # A half-finished run (the 100% fraction lost) trains only what is missing.
     saved = json.loads(path.read_text())
     del saved["results"]["1.0"]
     path.write_text(json.dumps(saved))
     resumed = run(ResultStore(path, {"recipe": 1}))
     assert len(calls) == 1 and resumed == first  # and the retrained fraction repeats exactly
+    assert all(curves()[name].equals(table) for name, table in written.items())  # rewritten, not appended to
     run(ResultStore(path, {"recipe": 2}))
     assert len(calls) == 2  # another recipe: nothing reused
 
@@ -246,8 +409,6 @@ def test_stage_refuses_a_fraction_that_selects_no_image_before_training(prepared
 
 
 def test_metrics_dict_names_keys_by_rounded_percent():
-    from pixpro.finetune import FractionResult
-
     results = [FractionResult(0.05, 10, 0.3, 0.8, 1.0, 0), FractionResult(1.0, 200, 0.5, 0.9, 0.5, 0)]
     assert metrics_dict(results) == {"miou_5pct": 0.3, "miou_100pct": 0.5, "labelled_images_5pct": 10,
                                      "labelled_images_100pct": 200}
@@ -281,9 +442,43 @@ def test_both_backbones_start_from_the_same_classifier(tmp_path, monkeypatch):
 
     monkeypatch.setattr(finetune, "train_segmenter", capture)
     rows = pd.DataFrame({"image": ["unused"] * 4, "mask": ["unused"] * 4})
+    cfg = dataclasses.replace(params.finetune, head_init="random")  # a probe head depends on the features
     for kind in ("pretrained", "random"):
         with pytest.raises(StopIteration):
             label_efficiency(lambda: init_backbone(kind, params, checkpoint), params.pretrain.backbone.dim, rows,
-                             rows, (32, 64), params.finetune, params.seed, TwoClasses, CPU,
+                             rows, (32, 64), cfg, params.seed, TwoClasses, CPU,
                              ResultStore(tmp_path / f"{kind}.json", {}), kind, log=lambda _: None)
     assert torch.equal(seen["weights"][0], seen["weights"][1])
+
+
+def test_the_label_efficiency_profile_is_a_finetune_overlay_that_validates_over_idd_lite(tmp_path):
+    import yaml
+
+    from pixpro.config import load_params
+    from tests.conftest import REPO
+
+    profile = yaml.safe_load((REPO / "experiments" / "label_efficiency.yaml").read_text())
+    assert list(profile) == ["finetune"]
+    merged = yaml.safe_load((REPO / "params.yaml").read_text())
+    for overlay in (yaml.safe_load((REPO / "experiments" / "idd_lite.yaml").read_text()), profile):
+        for section, values in overlay.items():
+            merged[section].update(values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(merged))
+    cfg = load_params(tmp_path / "params.yaml").finetune
+    assert cfg.steps > 0 and cfg.eval_every > 0 and cfg.head_init == "probe"
+    # Crops keep about the prepared scale: the crop's share of the image lies inside crop_scale.
+    share = cfg.crop_size[0] * cfg.crop_size[1] / (merged["data"]["size"][0] * merged["data"]["size"][1])
+    assert cfg.crop_scale[0] <= share <= cfg.crop_scale[1]
+
+
+def test_balanced_class_weights_are_n_over_classes_times_count_from_the_fractions_masks(tmp_path):
+    from pixpro.finetune import pixel_class_weights
+
+    image = np.zeros((4, 8, 3), np.uint8)
+    first = np.zeros((4, 8), np.uint8)  # 24 pixels of class 0, 6 of class 2, 2 ignored
+    first[0, :6] = 2
+    first[1, :2] = 255
+    second = np.full((4, 8), 2, np.uint8)  # not in the subset: must not count
+    rows = pd.DataFrame([_write_pair(tmp_path, "a", image, first), _write_pair(tmp_path, "b", image, second)])
+    weights = pixel_class_weights(rows, torch.tensor([0]), 3)
+    assert weights.tolist() == pytest.approx([30 / (2 * 24), 0.0, 30 / (2 * 6)])
