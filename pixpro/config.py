@@ -3,12 +3,28 @@
 Every section is a frozen dataclass. `load_params` validates the whole file up front: an
 unknown key, a wrong type or an out-of-range value raises `ConfigError` naming the dotted key
 (e.g. ``data.sizee``), before any stage does work.
+
+Layers: this module imports nothing of pixpro but the error classes, pixpro.config_eval (the
+sections only the evaluation stages read: extract, probe, evaluate, retrieval) and, for the
+synthetic city count, the leaf list pixpro.data.cities. The evaluation sections live
+apart so that DVC can tell them apart: `pretrain` lists this module in its deps but not
+config_eval.py, so editing a retrieval range check leaves pretraining up to date
+(tests/test_dvc_deps.py runs `dvc status` on it). A section that pretrain does not read but
+that lives here (finetune) still reruns it when edited.
+
+Why dataclasses and not pydantic: frozen dataclasses are hashable, immutable values that the
+checkpoints' `run_config` and `to_dict` compare and serialise as plain data; they add no
+dependency to the package; and the checks that matter are relations between fields
+(`ppm.window` against the view size, the fraction keys, the city count) with one-line
+messages that name the dotted key, already tested case by case. pydantic's `Field`
+constraints would cover only the simple bounds and change every message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +33,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from pixpro.errors import ConfigError
+from pixpro.config_eval import EvaluateConfig, ExtractConfig, ProbeConfig, RetrievalConfig
+from pixpro.errors import ConfigError, require as _require
 
 # --------------------------------------------------------------------------------------------
 # Sections
@@ -49,13 +66,16 @@ class SyntheticConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: Literal["synthetic", "cityscapes", "folder"] = "synthetic"
-    root: str = "data/cityscapes"
+    root: str = "data/synthetic"  # the synthesize stage's output, read like any Cityscapes tree
     size: tuple[int, int] = (128, 256)
     use_extra: bool = False
     workers: int = 0
-    # data.source=folder only; cityscapes and synthetic trees always use the Cityscapes suffixes.
+    # data.source=folder only; cityscapes and synthetic trees always use the Cityscapes layout.
     image_suffix: str = "_leftImg8bit.png"
     label_suffix: str = "_gtFine_labelIds.png"
+    image_dir: str = "leftImg8bit/{split}"  # where a split's images are; {split} = train, val, ...
+    label_dir: str = "gtFine/{split}"
+    label_mode: Literal["value", "color"] = "value"  # color: RGB labels through the table's colours
     classes: str = "cityscapes"  # a built-in table (cityscapes, idd_lite) or a CSV path
     unlabelled: tuple[str, ...] = ()  # split folders used only for pretraining, e.g. [test]
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -68,11 +88,23 @@ class DataConfig:
             suffix = getattr(self, name)
             _require(bool(suffix) and "/" not in suffix and "*" not in suffix, f"{key}.{name}",
                      f"= {suffix!r} must be a non-empty file-name ending without '/' or '*'")
-        _require(self.source != "folder" or self.image_suffix != self.label_suffix, f"{key}.label_suffix",
-                 "must differ from data.image_suffix")
+        for name in ("image_dir", "label_dir"):
+            template = getattr(self, name)
+            parts = template.replace("\\", "/").split("/")
+            try:  # `{split}` is the one field; any other brace would fail at str.format in discovery
+                filled = template.format(split="train") != template.replace("{split}", "train")
+            except (KeyError, IndexError, ValueError):
+                filled = True
+            _require("{split}" in template and not filled and not template.startswith("/") and ".." not in parts
+                     and "*" not in template, f"{key}.{name}", f"= {template!r} must be a relative folder "
+                     "template containing {split} (and no other braces), e.g. leftImg8bit/{split}")
+        # Equal suffixes are fine (KITTI-style same names) as long as the folders tell them apart.
+        _require(self.source != "folder" or self.image_suffix != self.label_suffix
+                 or self.image_dir != self.label_dir, f"{key}.label_dir",
+                 "must differ from data.image_dir when data.label_suffix equals data.image_suffix")
         for i, folder in enumerate(self.unlabelled):
             _require(bool(folder) and "/" not in folder and folder not in (".", ".."), f"{key}.unlabelled[{i}]",
-                     f"= {folder!r} must be the name of a folder under leftImg8bit/")
+                     f"= {folder!r} must be a split name (it fills {{split}} in data.image_dir)")
             _require(folder not in ("train", "val"), f"{key}.unlabelled[{i}]",
                      f"= {folder!r} is a labelled split; list only pretraining-only folders")
         _require(len(set(self.unlabelled)) == len(self.unlabelled), f"{key}.unlabelled", "lists a folder twice")
@@ -115,6 +147,15 @@ class BackboneConfig:
         if self.arch == "smp_unet":
             return (*self.decoder_channels, self.dim)
         return (*self.widths[::-1][1:], self.dim)
+
+    @property
+    def stage_strides(self) -> dict[int, int]:
+        """Decoder stage (negative index, as probe.layers) -> its downsampling from the input."""
+        stages = len(self.stage_channels)
+        if self.arch == "smp_unet":  # each of the 5 blocks doubles the resolution, up to the input's
+            return {-l: 2 ** (l - 1) for l in range(1, stages + 1)}
+        # classic: the merges double it from 1/2^(n-2) up to 1, then the 1x1 head keeps it
+        return {-l: 2 ** max(l - 2, 0) for l in range(1, stages + 1)}
 
 
 @dataclass(frozen=True)
@@ -184,15 +225,25 @@ class ProjectorConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    consistency: float = 0.0  # measured better off (README, "How the method works")
+    consistency: float = 0.0  # measured better off (docs/method.md, docs/results.md)
     contrast: float = 1.0
     temperature: float = 0.2
     coarse: float = 0.0
     coarse_stride: int = 8
+    # Pixel InfoNCE on coarser decoder stages, each with pairs on its own grid (mean over stages).
+    stages: float = 0.0
+    stage_layers: tuple[int, ...] = (-5, -4, -3, -2)  # as probe.layers: -5 = 1/16 res ... -2 = 1/2 res
+    stage_pairs: int = 64  # pairs per image and stage (fewer where the stage's grid has fewer bins)
+    # Image-level InfoNCE on the encoder's pooled deepest map: the other images of the batch are negatives.
+    image: float = 0.0
 
     def validate(self, key: str) -> None:
-        for name in ("consistency", "contrast", "coarse"):
+        for name in ("consistency", "contrast", "coarse", "stages", "image"):
             _require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0 (0 switches the term off)")
+        _require(len(self.stage_layers) >= 1 and all(layer < 0 for layer in self.stage_layers)
+                 and len(set(self.stage_layers)) == len(self.stage_layers), f"{key}.stage_layers",
+                 "must be distinct negative decoder-stage indices, e.g. [-5, -4, -3, -2]")
+        _require(self.stage_pairs >= 1, f"{key}.stage_pairs", "must be >= 1")
         _require(self.consistency > 0 or self.contrast > 0, key,
                  "consistency and contrast are both 0: nothing would be trained")
         _require(self.temperature > 0, f"{key}.temperature", "must be > 0")
@@ -230,6 +281,8 @@ class PretrainConfig:
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # weights to start from (pixpro/model/init_weights.py): a file, a pixpro export or imagenet; None = random
+    init: Optional[str] = None
     freeze_backbone: bool = False
     bn_per_view: bool = False
     device: str = "auto"
@@ -237,13 +290,18 @@ class PretrainConfig:
     nnodes: int = 1
     rdzv_endpoint: str = "localhost:29400"
     workers: int = 2
-    amp: bool = True
+    # bf16 autocast: auto | cuda | on | off (pixpro/precision.py); legacy true = cuda, false = off
+    amp: Literal["auto", "cuda", "on", "off"] | bool = "cuda"
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False
     checkpoint_every: int = 50
     log_every: int = 5
     ddp_timeout_s: int = 600
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):  # one spelling downstream: true meant bf16 on CUDA only
+            object.__setattr__(self, "amp", "cuda" if self.amp else "off")
 
     def validate(self, key: str) -> None:
         _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
@@ -259,6 +317,10 @@ class PretrainConfig:
         _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
         _require(self.log_every >= 1, f"{key}.log_every", "must be >= 1")
         _require(self.ddp_timeout_s >= 10, f"{key}.ddp_timeout_s", "must be >= 10")
+        _require(self.init is None or self.init == "imagenet" or Path(self.init).exists(), f"{key}.init",
+                 f"= {self.init!r} is not an existing weights file or pixpro export folder, nor imagenet")
+        _require(self.init != "imagenet" or self.backbone.arch == "smp_unet", f"{key}.init",
+                 f"= imagenet (smp's encoder weights) needs {key}.backbone.arch smp_unet")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"{key}.device", f"= {self.device!r}; use auto, cpu or cuda[:N]")
         for section in ("backbone", "views", "pairs", "ppm", "projector", "loss", "optim"):
@@ -273,6 +335,11 @@ class PretrainConfig:
         _require(self.loss.coarse == 0 or all(s % stride == 0 and s // stride >= 2 for s in self.views.size),
                  f"{key}.loss.coarse_stride", f"= {stride} must divide the view size {list(self.views.size)} "
                  f"and leave at least 2 bins per side")
+        stages = len(self.backbone.stage_channels)
+        _require(self.loss.stages == 0 or all(2 <= -layer <= stages for layer in self.loss.stage_layers),
+                 f"{key}.loss.stage_layers", f"= {list(self.loss.stage_layers)} must name decoder stages -2 "
+                 f"(1/2 res) .. -{stages} (the coarsest) of {self.backbone.arch}; -1, the output, has the "
+                 f"pixel term")
 
 
 def _is_host_port(endpoint: str) -> bool:
@@ -280,59 +347,6 @@ def _is_host_port(endpoint: str) -> bool:
     host, _, port = endpoint.rpartition(":")
     return (bool(host.strip("[]")) and not any(c.isspace() or c == "/" for c in host)
             and port.isdigit() and 1 <= int(port) <= 65535)
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    pixels_per_image: int = 64
-    batch_size: int = 8
-
-    def validate(self, key: str) -> None:
-        _require(self.pixels_per_image >= 1, f"{key}.pixels_per_image", "must be >= 1")
-        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    layers: tuple[int, ...] = (-1,)
-    weight_decay: float = 1e-4
-    class_weighting: Literal["none", "balanced"] = "none"
-    max_iter: int = 300
-    tolerance: float = 1e-7
-
-    def validate(self, key: str) -> None:
-        _require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
-        _require(self.max_iter >= 1, f"{key}.max_iter", "must be >= 1")
-        _require(self.tolerance > 0, f"{key}.tolerance", "must be > 0")
-        _require(len(self.layers) >= 1, f"{key}.layers", "needs at least one decoder stage")
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    batch_size: int = 8
-    overlays: int = 4
-
-    def validate(self, key: str) -> None:
-        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-        _require(self.overlays >= 0, f"{key}.overlays", "must be >= 0")
-
-
-@dataclass(frozen=True)
-class RetrievalConfig:
-    queries: int = 570
-    k: int = 10
-    knn_k: int = 10
-    knn_stride: int = 4
-    chunk_size: int = 8192
-    examples: int = 3
-
-    def validate(self, key: str) -> None:
-        _require(self.queries >= 1, f"{key}.queries", "must be >= 1")
-        _require(self.k >= 10, f"{key}.k", "must be >= 10 (precision@10 is reported)")
-        _require(self.knn_k >= 1, f"{key}.knn_k", "must be >= 1")
-        _require(self.knn_stride >= 1, f"{key}.knn_stride", "must be >= 1 (1 = every pixel)")
-        _require(self.chunk_size >= 1, f"{key}.chunk_size", "must be >= 1")
-        _require(self.examples >= 0, f"{key}.examples", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -347,6 +361,11 @@ class FinetuneConfig:
     lr_backbone: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 2
+    head_init: Literal["random", "probe"] = "probe"  # probe: the linear probe fitted on the fraction's images
+    head_steps: int = 0  # LP-FT: steps of the classifier alone on the frozen backbone before `steps`
+    freeze_bn: bool = False  # the backbone's BatchNorm keeps its running statistics while it learns
+    class_weighting: Literal["none", "balanced"] = "none"  # balanced: cross-entropy weights N / (K x N_c)
+    eval_every: int = 0  # steps between val scores (the convergence curve); 0 = the end only
     workers: int = 0
     amp: bool = True
 
@@ -369,6 +388,8 @@ class FinetuneConfig:
                  "must be > 0 (head) and >= 0 (backbone; 0 freezes it)")
         _require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
         _require(0 <= self.warmup_steps < self.steps, f"{key}.warmup_steps", "must be in [0, steps)")
+        _require(self.head_steps >= 0, f"{key}.head_steps", "must be >= 0 (0 = no head-only phase)")
+        _require(self.eval_every >= 0, f"{key}.eval_every", "must be >= 0 (0 = score val at the end only)")
         _require(self.workers >= 0, f"{key}.workers", "must be >= 0")
 
 
@@ -377,14 +398,10 @@ def fraction_percent(fraction: float) -> int:
     return round(100 * fraction)
 
 
-# The two backbones every evaluation stage runs for (dvc.yaml's foreach).
-BACKBONES: tuple[str, ...] = ("pretrained", "random")
-
-
 @dataclass(frozen=True)
 class Params:
     seed: int = 0
-    threads: int = 2
+    threads: int | Literal["auto"] = 2  # auto: the cores this process may use (pixpro/runtime_info.py)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -401,7 +418,7 @@ class Params:
 
     def validate(self, key: str = "") -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")
-        _require(self.threads >= 1, "threads", "must be >= 1")
+        _require(self.threads == "auto" or self.threads >= 1, "threads", "must be >= 1 or auto")
         for section in ("data", "pretrain", "extract", "probe", "evaluate", "retrieval", "finetune"):
             getattr(self, section).validate(section)
         stages = len(self.pretrain.backbone.stage_channels)
@@ -420,13 +437,27 @@ class Params:
 # --------------------------------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` (no dot) as a string; YAML 1.2, `dvc exp run -S` and people read a
+    number. Same float rule as SafeLoader's, with the dot and the exponent's sign optional."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$""", re.X),
+    list("-+0123456789"))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read, type-check and range-check the whole params file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file {path} not found (run from the repository root or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_Loader)
+        if raw is None:  # all defaults by accident (an empty or truncated file) is never what was meant
+            raise ConfigError(f"params file {path} is empty: copy the repository's params.yaml and edit it")
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     except UnicodeDecodeError as err:  # a binary or non-UTF-8 file: still the user's to fix
@@ -455,11 +486,6 @@ def backbone_from_dict(raw: dict) -> BackboneConfig:
     return _build(BackboneConfig, raw, "backbone")
 
 
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} {message}")
-
-
 def _build(cls: type, raw: Any, key: str) -> Any:
     where = key or "params.yaml"
     if not isinstance(raw, dict):
@@ -484,8 +510,14 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for option in inner:  # the first type the value fits, e.g. `threads: int | Literal["auto"]`
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError("; or ".join(errors))
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(repr, args))}")

@@ -4,18 +4,23 @@ state); label-mask basics live in pixpro/label_viz.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from pixpro.label_viz import colorize_train_ids, new_figure, save_figure
+from pixpro.label_viz import class_legend, colorize_train_ids, new_figure, present_ids, save_figure
 
 
 def plot_overlays(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str,
-                  colors: np.ndarray) -> None:
+                  colors: np.ndarray, names: Sequence[str] | None = None) -> None:
     """One row per example: image (H, W, 3) | ground truth (H, W) | prediction (H, W) trainIds,
-    coloured with the class table's (K, 3) colours."""
+    coloured with the class table's (K, 3) colours, above a legend of the classes that appear.
+
+    names: the K class names; without them the legend names each colour by its train id.
+    """
     if not rows:
         return
+    names = [str(i) for i in range(len(colors))] if names is None else list(names)
     h, w = rows[0][0].shape[:2]
     fig = new_figure(3 * 2.0 * w / h + 0.2, 2.0 * len(rows) + 0.4)
     axes = fig.subplots(len(rows), 3, squeeze=False)
@@ -29,6 +34,8 @@ def plot_overlays(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: P
         ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    shown = present_ids([m for _, truth, prediction in rows for m in (truth, prediction)], len(colors))
+    class_legend(fig, names, colors, shown)
     save_figure(fig, path)
 
 

@@ -1,0 +1,102 @@
+"""Redraw every picture under docs/ from the files it shows: the default run's outputs (after
+`dvc repro`) and the run folders under experiments/results/. `make refresh` runs it.
+
+    .venv/bin/python experiments/docs_pictures.py [--only NAME ...]
+
+docs/pairs.png needs data/prepared (the default run's `prepare`); the others read only
+committed files. The README and docs embed the default run's own pictures (plots/...) directly,
+so `dvc repro` refreshes those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+from pixpro.data.classes import load_class_table
+from pixpro.label_viz import class_legend, new_figure, save_figure
+
+RESULTS = Path("experiments/results")
+SYNTHETIC = RESULTS / "synthetic_losses_curves"
+IDD = RESULTS / "idd_lite_curves"
+# docs picture -> the runs plot_curves.py draws side by side (LABEL=dvclive train folder).
+CURVES = {
+    "docs/curves.png": [f"consistency alone (seed 1)={SYNTHETIC / 'consistency_seed1'}",
+                        f"consistency + InfoNCE (seed 0)={SYNTHETIC / 'contrast_seed0'}",
+                        f"frozen-backbone control (seed 0)={SYNTHETIC / 'frozen_control_seed0_pretrain_only'}",
+                        f"InfoNCE alone, the default (seed 0)={SYNTHETIC / 'contrast_only_seed0'}"],
+    "docs/idd_curves.png": [f"consistency alone={IDD / 'consistency_seed0'}",
+                            f"consistency + InfoNCE={IDD / 'contrast_seed0'}",
+                            f"InfoNCE alone, the default={IDD / 'contrast_only_seed0'}"],
+    "docs/default_curves.png": ["the default run=dvclive/pretrain/plots/metrics/train"],
+}
+IDD_OVERLAYS = (IDD / "contrast_only_seed0" / "pretrained_overlays.png", "idd_lite", "docs/idd_overlays.png")
+
+
+# Fine-tuning's val curves at N and 2N steps (the convergence check of the label-efficiency budget).
+CONVERGENCE = ({"250 steps": "docs/finetune_convergence_250.csv", "500 steps": "docs/finetune_convergence_500.csv"},
+               "docs/finetune_convergence.png")
+
+
+def convergence(curves: dict[str, str], out: str) -> None:
+    """Val mIoU against fine-tuning step, one line per budget."""
+    import pandas as pd
+
+    figure = new_figure(6, 3.5)
+    axis = figure.add_subplot()
+    for label, path in curves.items():
+        curve = pd.read_csv(path)
+        axis.plot(curve["step"], 100 * curve["miou"], marker="o", label=label)
+    axis.set(xlabel="fine-tuning step", ylabel="val mIoU", title="IDD Lite, random init, 100% of the labels")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    save_figure(figure, Path(out))
+
+
+def run(*command: str) -> None:
+    subprocess.run(command, cwd=ROOT, check=True)
+
+
+def with_legend(picture: Path, classes: str, out: Path) -> None:
+    """An overlay picture saved by an earlier run (H, W, 3), redrawn above a legend of its class
+    table's colours, for pictures that predate the legend."""
+    image = np.asarray(Image.open(ROOT / picture).convert("RGB"))
+    table = load_class_table(classes)
+    h, w = image.shape[:2]
+    fig = new_figure(w / 100, h / 100)
+    ax = fig.subplots()
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1)
+    ax.imshow(image, interpolation="nearest")
+    ax.set_axis_off()
+    class_legend(fig, list(table.names), table.colors)  # grows the figure by the legend's band
+    save_figure(fig, ROOT / out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    names = ["pairs", *(Path(p).stem for p in CURVES), "idd_overlays", "finetune_convergence"]
+    parser.add_argument("--only", nargs="+", choices=names, default=names)
+    args = parser.parse_args()
+    python = sys.executable
+    if "pairs" in args.only:  # the views and pairs of the default params, on a prepared image
+        run(str(Path(python).parent / "pixpro"), "show-pairs", "--out", "docs/pairs.png", "--image", "3")
+    for out, runs in CURVES.items():
+        if Path(out).stem in args.only:
+            run(python, "experiments/plot_curves.py", "--out", out, *runs)
+    if "idd_overlays" in args.only:
+        with_legend(*IDD_OVERLAYS)
+        print(f"wrote {IDD_OVERLAYS[2]}")
+    if "finetune_convergence" in args.only:
+        convergence(*CONVERGENCE)
+        print(f"wrote {CONVERGENCE[1]}")
+
+
+if __name__ == "__main__":
+    main()

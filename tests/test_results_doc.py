@@ -1,0 +1,185 @@
+"""experiments/results_doc.py: the generated results doc against numbers worked out by hand on
+tiny CSVs, and the committed docs/results.md and README blocks against what it generates."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pixpro.errors import DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = ("setting,seed,pretrained_miou,random_miou,gain,pretrained_knn_miou,random_knn_miou,knn_gain,"
+          "pretrained_p1,random_p1,partner_gap,feature_std,effective_rank,target_drift,loss,seconds\n")
+# Gains base 0.05, 0.07 and new 0.08, 0.09 (probe); kNN gains all 0.01 except new seed 1 (0.03).
+ROWS = ["base,0,0.20,0.15,0.99,0.20,0.19,0,0.3,0.2,0.1,0.1,30,0.04,8.0,100",
+        "base,1,0.22,0.15,0.99,0.20,0.19,0,0.3,0.2,0.1,0.1,30,0.04,8.0,",
+        "new,1,0.24,0.15,0.99,0.22,0.19,0,0.3,0.2,0.2,0.1,30,0.04,8.0,100",
+        "new,0,0.23,0.15,0.99,0.20,0.19,0,0.3,0.2,0.2,0.1,30,0.04,8.0,100"]
+STUDIES = """
+machines: {box: a 2-core test box}
+headline:
+  - {study: tiny, setting: new, data: tiny data}
+studies:
+  tiny:
+    title: A tiny study
+    about: Two settings, two seeds.
+    rerun: -S threads=1
+    settings: {base: "", new: -S pretrain.ppm.window=9}
+    baseline: base
+    finetune: true
+    provenance:
+      - {date: 2026-01-01, machine: box, threads: 1}
+      - {setting: [new], seed: [1], threads: 2}
+"""
+
+
+@pytest.fixture(scope="module")
+def results_doc():
+    spec = importlib.util.spec_from_file_location("results_doc", ROOT / "experiments/results_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    (tmp_path / "tiny.csv").write_text(HEADER + "\n".join(ROWS) + "\n")
+    (tmp_path / "studies.yaml").write_text(STUDIES)
+    runs = tmp_path / "tiny_curves"
+    # Seed 0 from the finetune JSONs, seed 1 from its summary.md table.
+    (runs / "new_seed0").mkdir(parents=True)
+    for backbone, scores in (("pretrained", (0.30, 0.40)), ("random", (0.25, 0.30))):
+        (runs / "new_seed0" / f"finetune_{backbone}.json").write_text(json.dumps(
+            {"miou_5pct": scores[0], "miou_100pct": scores[1], "labelled_images_5pct": 1}))
+    (runs / "new_seed1").mkdir()
+    (runs / "new_seed1" / "summary.md").write_text(
+        "## Label efficiency\n\n| | pretrained | random | gain |\n|:--|--:|--:|--:|\n"
+        "| 5% of the labels (1 images) | 0.3400 | 0.2600 | 0.0800 |\n"
+        "| 100% of the labels (20 images) | 0.4200 | 0.3000 | 0.1200 |\n")
+    return tmp_path
+
+
+def line_starting(text: str, start: str) -> str:
+    found = [line for line in text.splitlines() if line.startswith(start)]
+    assert len(found) == 1, (start, found)
+    return found[0]
+
+
+def test_tables_match_hand_computed_statistics(results_doc, tiny):
+    text = results_doc.render_results(tiny)
+    # base gains 5, 7 points: mean 6, std sqrt(2); t(0.975, 1) = 12.706 -> 6 ± 12.706 * sqrt(2) / sqrt(2).
+    # The CSV's own gain column (0.99) is ignored: gains come from the scores.
+    assert line_starting(text, "| base | 0,1 |") == (
+        "| base | 0,1 | 21.0 ± 1.4 | 15.0 ± 0.0 | +6.0 ± 1.4 [-6.7, +18.7] | +1.0 ± 0.0 [+1.0, +1.0] | 2/2 |")
+    # new - base per seed: +3, +2 probe (mean 2.5, std 0.707, half 12.706 * 0.5 = 6.35); kNN +0, +2.
+    assert line_starting(text, "| new | 0,1 | +2.5") == (
+        "| new | 0,1 | +2.5 ± 0.7 [-3.9, +8.9] | +1.0 ± 1.4 [-11.7, +13.7] | +3.0, +2.0 | unclear |")
+    # Every run, seeds in order, with its provenance: new seed 1 overrides the thread count.
+    assert line_starting(text, "| new | 0 |").endswith("| 2026-01-01 | `box` | 1 |")
+    assert line_starting(text, "| new | 1 |").endswith("| 2026-01-01 | `box` | 2 |")
+    assert line_starting(text, "| base | 1 |").split(" | ")[10] == "—"  # no wall time recorded
+    # Fine-tuning: seed 0 from JSON (gains 5, 10), seed 1 from summary.md (gains 8, 12).
+    assert line_starting(text, "| new | 5% |") == (
+        "| new | 5% | 0,1 | 32.0 ± 2.8 | 25.5 ± 0.7 | +6.5 ± 2.1 [-12.6, +25.6] | +5.0, +8.0 |")
+    assert line_starting(text, "| new | 100% |").endswith("| +10.0, +12.0 |")
+    assert "| base | 5% |" not in text  # base has no fine-tuning scores
+    assert "| `box` | a 2-core test box |" in text
+    # The recipe: each setting queued over the CSV's seeds, and compare on the committed rows.
+    assert "dvc exp run --queue -S seed=0,1 -S threads=1 -S pretrain.ppm.window=9  # new" in text
+    assert ("pixpro compare --results experiments/results/tiny.csv --baseline setting=base "
+            "--metric finetune.miou_5pct --metric finetune.miou_100pct") in text
+
+
+def test_readme_blocks_are_replaced_in_place(results_doc, tiny, tmp_path):
+    metrics = tmp_path / "metrics"
+    for kind, key, scores in (("segmentation", "miou", (0.2, 0.1)), ("retrieval", "knn_miou", (0.3, 0.25)),
+                              ("finetune", "miou_50pct", (0.5, 0.4))):
+        (metrics / kind).mkdir(parents=True)
+        for backbone, score in zip(("pretrained", "random"), scores):
+            extra = {"precision@1": 0.5} if kind == "retrieval" else {}
+            (metrics / kind / f"{backbone}.json").write_text(json.dumps({key: score, **extra}))
+    readme = ("intro\n<!-- results_doc:headline -->\nold\n<!-- /results_doc:headline -->\nmiddle\n"
+              "<!-- results_doc:quickstart -->\n<!-- /results_doc:quickstart -->\nend\n")
+    text = results_doc.render_readme(readme, tiny, metrics)
+    assert text.startswith("intro\n<!-- results_doc:headline -->\n| data |") and text.endswith("end\n")
+    assert "old" not in text
+    assert "| tiny data | 0,1 | 23.5 ± 0.7 | 15.0 ± 0.0 | +8.5 ± 0.7 [+2.1, +14.9] |" in text
+    assert "| probe mIoU (`metrics/segmentation/`) | 20.00 | 10.00 | +10.00 |" in text
+    assert "| fine-tuned on 50% of the labels (`metrics/finetune/`) | 50.00 | 40.00 | +10.00 |" in text
+    assert results_doc.render_readme(text, tiny, metrics) == text  # idempotent
+
+
+def test_missing_inputs_are_one_line_errors(results_doc, tiny):
+    with pytest.raises(DataError, match="has no <!-- results_doc:headline -->"):
+        results_doc.render_readme("no blocks here\n", tiny, tiny)
+    (tiny / "tiny.csv").unlink()
+    with pytest.raises(DataError, match=r"study 'tiny' has no .*tiny\.csv"):
+        results_doc.render_results(tiny)
+
+
+def test_unknown_machine_is_refused(results_doc, tiny):
+    (tiny / "studies.yaml").write_text(STUDIES.replace("machine: box", "machine: laptop"))
+    with pytest.raises(DataError, match="names machine 'laptop'"):
+        results_doc.render_results(tiny)
+
+
+def test_committed_docs_are_what_the_script_generates(results_doc):
+    """docs/results.md and README.md's blocks come from the committed rows and metrics: rerun
+    `python experiments/results_doc.py` after changing either."""
+    results = ROOT / "experiments/results"
+    assert (ROOT / "docs/results.md").read_text(encoding="utf-8") == results_doc.render_results(results)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme == results_doc.render_readme(readme, results, ROOT / "metrics")
+
+
+def embedded_pictures() -> dict[Path, Path]:
+    """{picture: the Markdown file embedding it} over README.md and docs/*.md."""
+    found = {}
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for link in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            found[(page.parent / link).resolve()] = page
+    return found
+
+
+def test_every_docs_picture_is_embedded_and_every_embedded_picture_exists():
+    pictures = embedded_pictures()
+    missing = [f"{page.name}: {path}" for path, page in pictures.items() if not path.is_file()]
+    assert not missing, missing
+    unused = [p.name for p in sorted((ROOT / "docs").glob("*.png")) if p.resolve() not in pictures]
+    assert not unused, f"docs pictures no page embeds (delete them): {unused}"
+    # make refresh redraws every docs/*.png: each is one of the picture script's outputs.
+    spec = importlib.util.spec_from_file_location("docs_pictures", ROOT / "experiments/docs_pictures.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    drawn = {"docs/pairs.png", *script.CURVES, script.IDD_OVERLAYS[2], script.CONVERGENCE[1]}
+    in_docs = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.png")}
+    assert in_docs == drawn
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a Markdown page's headings (code blocks skipped)."""
+    anchors, in_code = set(), False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        in_code ^= line.startswith("```")
+        if not in_code and line.startswith("#"):
+            anchors.add(re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_relative_link_of_the_docs_resolves():
+    """A section moved or renamed in README.md or docs/ must not leave links pointing nowhere."""
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            path, _, anchor = link.partition("#")
+            if re.match(r"[a-z]+:", path):
+                continue  # a web address
+            target = (page.parent / path).resolve() if path else page
+            if not target.exists() or (anchor and target.suffix == ".md" and anchor not in heading_anchors(target)):
+                broken.append(f"{page.name}: {link}")
+    assert not broken, broken
