@@ -90,15 +90,20 @@ class BoundedWriter:
         self.pool.shutdown(wait=True)
 
 
+def require_probe_fits(probe: nn.Linear, classes: ClassTable) -> None:
+    """A probe fitted on another class table cannot label this data: stop before any work."""
+    if probe.out_features != classes.num_classes:
+        raise CheckpointError(f"the probe predicts {probe.out_features} classes but the prepared data has "
+                              f"{classes.num_classes}; rerun `dvc repro extract probe`")
+
+
 @torch.no_grad()
 def evaluate_segmentation(backbone: nn.Module, probe: nn.Linear, rows: pd.DataFrame, batch_size: int,
                           device: torch.device, predictions_dir: Path, overlays: int,
                           classes: ClassTable) -> Evaluation:
     """Predict every val pixel, write trainId PNGs named after the input images, and
     accumulate one dataset-level (K, K) confusion matrix, K and names from `classes`."""
-    if probe.out_features != classes.num_classes:
-        raise CheckpointError(f"the probe predicts {probe.out_features} classes but the prepared data has "
-                              f"{classes.num_classes}; rerun `dvc repro extract probe`")
+    require_probe_fits(probe, classes)
     make_parents(predictions_dir)  # a file in the way: one line, not a traceback
     if predictions_dir.exists() and not predictions_dir.is_dir():
         raise PixproError(f"cannot write predictions into {predictions_dir}: it is a file, not a folder")

@@ -88,8 +88,8 @@ def image_partner_gap(query1: Tensor, key2: Tensor, query2: Tensor, key1: Tensor
     key in the other view), averaged over both views (). A collapsed or image-agnostic embedding
     gives 0, whatever the loss does."""
     queries = F.normalize(torch.cat([query1, query2]).float(), dim=-1)  # (2B, D)
-    keys = F.normalize(torch.cat([key2, key1]).float(), dim=-1)  # (2B, D): each query's partner
-    batch = query1.shape[0]
-    other = torch.cat([key2.roll(1, dims=0), key1.roll(1, dims=0)]).float()  # another image, other view
-    return (queries * keys).sum(-1).mean() - (queries * F.normalize(other, dim=-1)).sum(-1).mean() \
-        if batch > 1 else queries.new_zeros(())
+    if len(query1) < 2:  # no other image to tell apart
+        return queries.new_zeros(())
+    partners = F.normalize(torch.cat([key2, key1]).float(), dim=-1)  # (2B, D): each query's partner
+    others = partners.view(2, len(query1), -1).roll(1, dims=1).flatten(0, 1)  # previous image, same other view
+    return (queries * partners).sum(-1).mean() - (queries * others).sum(-1).mean()

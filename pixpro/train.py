@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from pixpro.checkpoint import capture_rng, git_revision, restore_rng, resumable_state, save_checkpoint
-from pixpro.config import Params, PretrainConfig, to_dict
+from pixpro.config import PairsConfig, Params, to_dict
 from pixpro.data.manifest import load_manifest
 from pixpro.data.views import TwoViewDataset, ViewPair, collate_view_pairs
 from pixpro.errors import ConfigError, DataError, DistributedFailure, Interrupted
@@ -251,16 +251,14 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: ViewPa
         bins = coarse[0] * coarse[1]
         coarse_pairs = sample_positive_pairs(box1, box2, coarse, coarse, context.image_size,
                                              replace(cfg.pairs, candidates=bins, num=bins), generator)
-    stage_pairs = ()
-    if cfg.loss.stages > 0:
-        strides = cfg.backbone.stage_strides
-        stage_pairs = tuple(
-            StagePairs(layer, found, pair_normaliser(found.valid))
-            for layer in cfg.loss.stage_layers
-            for found in [pairs_on_grid(box1, box2, (size[0] // strides[layer], size[1] // strides[layer]),
-                                        context.image_size, cfg, cfg.loss.stage_pairs, generator)])
+    stage_pairs = []
+    for layer in cfg.loss.stage_layers if cfg.loss.stages > 0 else ():
+        stride = cfg.backbone.stage_strides[layer]
+        found = pairs_on_grid(box1, box2, (size[0] // stride, size[1] // stride), context.image_size, cfg.pairs,
+                              cfg.loss.stage_pairs, generator)
+        stage_pairs.append(StagePairs(layer, found, pair_normaliser(found.valid)))
     with context.autocast:
-        terms = model(view1, view2, pairs, pair_normaliser(pairs.valid), coarse_pairs, diagnose, stage_pairs)
+        terms = model(view1, view2, pairs, pair_normaliser(pairs.valid), coarse_pairs, diagnose, tuple(stage_pairs))
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
     optimizer.step()
@@ -269,11 +267,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: ViewPa
 
 
 def pairs_on_grid(box1: torch.Tensor, box2: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int],
-                  cfg: PretrainConfig, num: int, generator: torch.Generator) -> PixelPairs:
+                  sampling: PairsConfig, num: int, generator: torch.Generator) -> PixelPairs:
     """Positive pairs between the views' (h, w) = `grid` bins, for a map coarser than the views:
-    every bin is a candidate when there are fewer than pairs.candidates, and at most `num` are kept."""
+    every bin is a candidate when there are fewer than sampling.candidates, and at most `num` are kept."""
     bins = grid[0] * grid[1]
-    sampling = replace(cfg.pairs, candidates=min(cfg.pairs.candidates, bins), num=min(num, bins))
+    sampling = replace(sampling, candidates=min(sampling.candidates, bins), num=min(num, bins))
     return sample_positive_pairs(box1, box2, grid, grid, image_size, sampling, generator)
 
 

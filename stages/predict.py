@@ -42,6 +42,7 @@ def main(
     (single-channel train ids of the prepared class table, 255 = ignore). An unreadable image is
     reported in one line and skipped; the exit code is then non-zero."""
     from pixpro.checkpoint import load_checkpoint
+    from pixpro.evaluate import require_probe_fits
     from pixpro.data.classes import load_prepared_classes
     from pixpro.errors import CheckpointError, DataError
     from pixpro.features import frozen_backbone_on_device, probe_feature_dim
@@ -57,9 +58,7 @@ def main(
     probe = layout_path(probe, "probe", backbone, "--probe")
     model, device = frozen_backbone_on_device(backbone.value, cfg, checkpoint)
     linear = probe_from_state(load_checkpoint(probe, "probe"), probe_feature_dim(cfg), str(probe))
-    if linear.out_features != classes.num_classes:
-        raise CheckpointError(f"{probe} predicts {linear.out_features} classes but {data} has "
-                              f"{classes.num_classes}; rerun `dvc repro extract probe`")
+    require_probe_fits(linear, classes)
     result = predict_images(paths, model, linear.to(device), tuple(cfg.data.size), device, out, classes,
                             overlays, log=lambda line: err_console.print(f"pixpro predict: {line}", markup=False))
     err_console.print(f"{backbone.value}: {len(result.written)} label maps -> {out}")

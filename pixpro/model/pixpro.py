@@ -172,12 +172,9 @@ class PixPro(nn.Module):
         for entry in stage_pairs:
             key = str(entry.layer)
             index = torch.cat([entry.pairs.index1, entry.pairs.index2])  # (2B, P)
-            rows = gather_pixels(online.stages[entry.layer], index)  # (2B, P, C_l)
-            sizes = self.bn_groups(rows.shape[0] * rows.shape[1])
-            query = self._grouped(self.stage_projectors[key], rows.flatten(0, 1), sizes).view(*index.shape, -1)
+            query = self.project_pixels(self.stage_projectors[key], online.stages[entry.layer], index)  # (2B, P, D)
             with torch.no_grad():
-                target_rows = gather_pixels(target.stages[entry.layer], index).flatten(0, 1)
-                keys = self._grouped(self.target_stage_projectors[key], target_rows, sizes).view(*index.shape, -1)
+                keys = self.project_pixels(self.target_stage_projectors[key], target.stages[entry.layer], index)
             losses.append(self.contrast_loss(query, keys.float(), entry.pairs, entry.normaliser))
             if diagnose:
                 gaps.append(pair_partner_gap(query, keys, entry.pairs.valid))
@@ -264,11 +261,15 @@ class PixPro(nn.Module):
         return Diagnostics(gap, feature_std, effective_rank)
 
     def project_target(self, target_map: Tensor, index: Tensor) -> Tensor:
-        """target_map (2B, C, h, w), index (2B, P) -> target projections (2B, P, D), float32.
-        BatchNorm statistics are per view with bn_per_view, else joint over both views."""
-        pixels = gather_pixels(target_map, index)  # (2B, P, C)
+        """target_map (2B, C, h, w), index (2B, P) -> target projections (2B, P, D), float32."""
+        return self.project_pixels(self.target_projector, target_map, index).float()
+
+    def project_pixels(self, projector: nn.Module, feature_map: Tensor, index: Tensor) -> Tensor:
+        """feature_map (2B, C, h, w), index (2B, P) -> projector(pixels) (2B, P, D). BatchNorm
+        statistics are per view with bn_per_view, else joint over both views."""
+        pixels = gather_pixels(feature_map, index)  # (2B, P, C)
         rows = pixels.flatten(0, 1)  # (2BP, C), view 1's pixels first
-        return self._grouped(self.target_projector, rows, self.bn_groups(len(rows))).view(*pixels.shape[:2], -1).float()
+        return self._grouped(projector, rows, self.bn_groups(len(rows))).view(*pixels.shape[:2], -1)
 
     @staticmethod
     def pair_loss(online: Tensor, target: Tensor, valid: Tensor, normaliser: Optional[Tensor] = None) -> Tensor:
