@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from pixpro.checkpoint import first_difference, load_checkpoint, lookup
-from pixpro.config import BackboneConfig, backbone_from_dict, to_dict
+from pixpro.config import BackboneConfig, backbone_from_dict
+from pixpro.config_base import to_dict
 from pixpro.data.views import IMAGENET_MEAN, IMAGENET_STD
 from pixpro.errors import CheckpointError, ConfigError
 from pixpro.model.backbone import build_backbone

@@ -4,13 +4,14 @@ Every section is a frozen dataclass. `load_params` validates the whole file up f
 unknown key, a wrong type or an out-of-range value raises `ConfigError` naming the dotted key
 (e.g. ``data.sizee``), before any stage does work.
 
-Layers: this module imports nothing of pixpro but the error classes, pixpro.config_eval (the
-sections only the evaluation stages read: extract, probe, evaluate, retrieval) and, for the
-synthetic city count, the leaf list pixpro.data.cities. The evaluation sections live
-apart so that DVC can tell them apart: `pretrain` lists this module in its deps but not
-config_eval.py, so editing a retrieval range check leaves pretraining up to date
-(tests/test_dvc_deps.py runs `dvc status` on it). A section that pretrain does not read but
-that lives here (finetune) still reruns it when edited.
+Layers: this module holds `Params` (the whole file), its loading and the pretraining sections.
+The other sections live in modules of their own so that DVC can tell them apart:
+pixpro.config_data (`data`), pixpro.config_eval (extract, probe, evaluate, retrieval) and
+pixpro.config_finetune (`finetune`). Every stage runs this module, but lists a section module
+in its deps only when its params read that section (tests/test_dvc_deps.py runs `dvc status`
+on it): editing a retrieval range check or the finetune recipe leaves pretraining up to date.
+The generic building from YAML is pixpro.config_base. None of them imports anything of pixpro
+but the error classes and, for the synthetic city count, the leaf list pixpro.data.cities.
 
 Why dataclasses and not pydantic: frozen dataclasses are hashable, immutable values that the
 checkpoints' `run_config` and `to_dict` compare and serialise as plain data; they add no
@@ -22,101 +23,21 @@ constraints would cover only the simple bounds and change every message.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 
+from pixpro.config_base import ParamsLoader, build
+from pixpro.config_data import DataConfig
 from pixpro.config_eval import EvaluateConfig, ExtractConfig, ProbeConfig, RetrievalConfig
+from pixpro.config_finetune import FinetuneConfig
 from pixpro.errors import ConfigError, require as _require
 
 # --------------------------------------------------------------------------------------------
-# Sections
+# Pretraining sections (the others: pixpro/config_data.py, config_eval.py, config_finetune.py)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    train: int = 200
-    val: int = 50
-    extra: int = 0
-    cities: int = 4
-    raw_size: tuple[int, int] = (256, 512)
-
-    def validate(self, key: str) -> None:
-        _require(self.train >= 1 and self.val >= 1, f"{key}.train/val", "must be >= 1")
-        _require(self.extra >= 0, f"{key}.extra", "must be >= 0")
-        _require(self.cities >= 1, f"{key}.cities", "must be >= 1")
-        # Cities are disjoint between splits and drawn from the generator's fixed list of names.
-        from pixpro.data.cities import CITY_NAMES
-
-        splits = 3 if self.extra > 0 else 2
-        _require(self.cities * splits <= len(CITY_NAMES), f"{key}.cities",
-                 f"= {self.cities} is too many: at most {len(CITY_NAMES) // splits} per split "
-                 f"for {splits} splits ({len(CITY_NAMES)} city names)")
-        _require(min(self.raw_size) >= 16, f"{key}.raw_size", "must be at least 16 pixels")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: Literal["synthetic", "cityscapes", "folder"] = "synthetic"
-    root: str = "data/synthetic"  # the synthesize stage's output, read like any Cityscapes tree
-    size: tuple[int, int] = (128, 256)
-    use_extra: bool = False
-    workers: int = 0
-    # data.source=folder only; cityscapes and synthetic trees always use the Cityscapes layout.
-    image_suffix: str = "_leftImg8bit.png"
-    label_suffix: str = "_gtFine_labelIds.png"
-    image_dir: str = "leftImg8bit/{split}"  # where a split's images are; {split} = train, val, ...
-    label_dir: str = "gtFine/{split}"
-    label_mode: Literal["value", "color"] = "value"  # color: RGB labels through the table's colours
-    classes: str = "cityscapes"  # a built-in table (cityscapes, idd_lite) or a CSV path
-    unlabelled: tuple[str, ...] = ()  # split folders used only for pretraining, e.g. [test]
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-
-    def validate(self, key: str) -> None:
-        _require(min(self.size) >= 16, f"{key}.size", "must be [H, W] with both >= 16")
-        _require(bool(self.classes.strip()), f"{key}.classes", "must name a built-in table "
-                 "(cityscapes, idd_lite) or a CSV file value,train_id,name[,color]")
-        for name in ("image_suffix", "label_suffix"):
-            suffix = getattr(self, name)
-            _require(bool(suffix) and "/" not in suffix and "*" not in suffix, f"{key}.{name}",
-                     f"= {suffix!r} must be a non-empty file-name ending without '/' or '*'")
-        for name in ("image_dir", "label_dir"):
-            template = getattr(self, name)
-            parts = template.replace("\\", "/").split("/")
-            try:  # `{split}` is the one field; any other brace would fail at str.format in discovery
-                filled = template.format(split="train") != template.replace("{split}", "train")
-            except (KeyError, IndexError, ValueError):
-                filled = True
-            _require("{split}" in template and not filled and not template.startswith("/") and ".." not in parts
-                     and "*" not in template, f"{key}.{name}", f"= {template!r} must be a relative folder "
-                     "template containing {split} (and no other braces), e.g. leftImg8bit/{split}")
-        # Equal suffixes are fine (KITTI-style same names) as long as the folders tell them apart.
-        _require(self.source != "folder" or self.image_suffix != self.label_suffix
-                 or self.image_dir != self.label_dir, f"{key}.label_dir",
-                 "must differ from data.image_dir when data.label_suffix equals data.image_suffix")
-        for i, folder in enumerate(self.unlabelled):
-            _require(bool(folder) and "/" not in folder and folder not in (".", ".."), f"{key}.unlabelled[{i}]",
-                     f"= {folder!r} must be a split name (it fills {{split}} in data.image_dir)")
-            _require(folder not in ("train", "val"), f"{key}.unlabelled[{i}]",
-                     f"= {folder!r} is a labelled split; list only pretraining-only folders")
-        _require(len(set(self.unlabelled)) == len(self.unlabelled), f"{key}.unlabelled", "lists a folder twice")
-        # The synthetic tree has only train/val (and train_extra through data.synthetic.extra).
-        _require(not (self.unlabelled and self.source == "synthetic"), f"{key}.unlabelled",
-                 "must be [] for data.source synthetic (use data.synthetic.extra)")
-        _require(self.workers >= 0, f"{key}.workers", "must be >= 0 (0 = all cores)")
-        self.synthetic.validate(f"{key}.synthetic")
-        # Otherwise discover() fails later naming a temporary folder the user never sees.
-        _require(not (self.use_extra and self.source == "synthetic" and self.synthetic.extra == 0),
-                 f"{key}.use_extra", f"is true but {key}.synthetic.extra is 0: set "
-                 f"{key}.synthetic.extra > 0 or {key}.use_extra false")
 
 
 @dataclass(frozen=True)
@@ -350,55 +271,6 @@ def _is_host_port(endpoint: str) -> bool:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    label_fractions: tuple[float, ...] = (0.05, 0.2, 1.0)
-    steps: int = 20  # per fraction: every fraction gets the same compute
-    batch_size: int = 8
-    crop_size: tuple[int, int] = (64, 128)
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    flip: float = 0.5
-    lr_head: float = 3e-3
-    lr_backbone: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 2
-    head_init: Literal["random", "probe"] = "probe"  # probe: the linear probe fitted on the fraction's images
-    head_steps: int = 0  # LP-FT: steps of the classifier alone on the frozen backbone before `steps`
-    freeze_bn: bool = False  # the backbone's BatchNorm keeps its running statistics while it learns
-    class_weighting: Literal["none", "balanced"] = "none"  # balanced: cross-entropy weights N / (K x N_c)
-    eval_every: int = 0  # steps between val scores (the convergence curve); 0 = the end only
-    workers: int = 0
-    amp: bool = True
-
-    def validate(self, key: str) -> None:
-        _require(len(self.label_fractions) >= 1, f"{key}.label_fractions", "must list at least one fraction")
-        for i, fraction in enumerate(self.label_fractions):
-            _require(0 < fraction <= 1, f"{key}.label_fractions[{i}]",
-                     f"= {fraction} must be in (0, 1]: the share of labelled train images used")
-        percents = [fraction_percent(f) for f in self.label_fractions]
-        _require(len(set(percents)) == len(percents), f"{key}.label_fractions",
-                 f"= {list(self.label_fractions)} gives the same metric key miou_<p>pct twice "
-                 f"(p = round(100 x fraction): {percents})")
-        _require(self.steps >= 1, f"{key}.steps", "must be >= 1")
-        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-        _require(min(self.crop_size) >= 16, f"{key}.crop_size", "must be [h, w] with both >= 16")
-        _require(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"{key}.crop_scale",
-                 f"= {list(self.crop_scale)} must be [min, max] crop area shares with 0 < min <= max <= 1")
-        _require(0 <= self.flip <= 1, f"{key}.flip", "must be a probability in [0, 1]")
-        _require(self.lr_head > 0 and self.lr_backbone >= 0, f"{key}.lr_head/lr_backbone",
-                 "must be > 0 (head) and >= 0 (backbone; 0 freezes it)")
-        _require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
-        _require(0 <= self.warmup_steps < self.steps, f"{key}.warmup_steps", "must be in [0, steps)")
-        _require(self.head_steps >= 0, f"{key}.head_steps", "must be >= 0 (0 = no head-only phase)")
-        _require(self.eval_every >= 0, f"{key}.eval_every", "must be >= 0 (0 = score val at the end only)")
-        _require(self.workers >= 0, f"{key}.workers", "must be >= 0")
-
-
-def fraction_percent(fraction: float) -> int:
-    """The p of a label fraction's metric key miou_<p>pct: round(100 x fraction)."""
-    return round(100 * fraction)
-
-
-@dataclass(frozen=True)
 class Params:
     seed: int = 0
     threads: int | Literal["auto"] = 2  # auto: the cores this process may use (pixpro/runtime_info.py)
@@ -437,25 +309,13 @@ class Params:
 # --------------------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` (no dot) as a string; YAML 1.2, `dvc exp run -S` and people read a
-    number. Same float rule as SafeLoader's, with the dot and the exponent's sign optional."""
-
-
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$""", re.X),
-    list("-+0123456789"))
-
-
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read, type-check and range-check the whole params file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file {path} not found (run from the repository root or pass --params)")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
+        raw = yaml.load(path.read_text(), Loader=ParamsLoader)
         if raw is None:  # all defaults by accident (an empty or truncated file) is never what was meant
             raise ConfigError(f"params file {path} is empty: copy the repository's params.yaml and edit it")
     except yaml.YAMLError as err:
@@ -468,82 +328,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def params_from_dict(raw: Any) -> Params:
-    params = _build(Params, raw, "")
+    params = build(Params, raw, "")
     params.validate()
     return params
 
 
-def to_dict(obj: Any) -> Any:
-    """Dataclass tree -> plain dict/list tree (for checkpoints and logs)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
 def backbone_from_dict(raw: dict) -> BackboneConfig:
-    return _build(BackboneConfig, raw, "backbone")
-
-
-def _build(cls: type, raw: Any, key: str) -> Any:
-    where = key or "params.yaml"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        dotted = ".".join(filter(None, [key, str(unknown[0])]))
-        raise ConfigError(f"unknown key {dotted} (known under {where}: {', '.join(sorted(names))})")
-    values = {}
-    for name in names & set(raw):
-        values[name] = _coerce(hints[name], raw[name], ".".join(filter(None, [key, name])))
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for option in inner:  # the first type the value fits, e.g. `threads: int | Literal["auto"]`
-            try:
-                return _coerce(option, value, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError("; or ".join(errors))
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key} must have {len(args)} entries, got {len(value)}")
-        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {hint} for {key}")  # programming error, not user's
+    return build(BackboneConfig, raw, "backbone")

@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from pixpro.checkpoint import capture_rng, git_revision, restore_rng, resumable_state, save_checkpoint
-from pixpro.config import PairsConfig, Params, to_dict
+from pixpro.config import PairsConfig, Params
+from pixpro.config_base import to_dict
 from pixpro.data.manifest import load_manifest
 from pixpro.data.views import TwoViewDataset, ViewPair, collate_view_pairs
 from pixpro.errors import ConfigError, DataError, DistributedFailure, Interrupted

@@ -15,6 +15,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     as YAML. A params file that a stage would refuse gives the same one-line error here."""
     import yaml
 
-    from pixpro.config import load_params, to_dict
+    from pixpro.config import load_params
+    from pixpro.config_base import to_dict
 
     typer.echo(yaml.safe_dump(to_dict(load_params(params)), sort_keys=False, default_flow_style=None), nl=False)

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, set_dotted, tiny_params
-from pixpro.config import Params, load_params, params_from_dict, to_dict
+from pixpro.config import Params, load_params, params_from_dict
+from pixpro.config_base import to_dict
 from pixpro.errors import ConfigError
 
 

@@ -3,10 +3,13 @@ reruns the stages that run it (and no test or review has to remember which ones 
 nothing else: a listed module that the command never imports reruns it for nothing.
 
 The one exception is validation. Every stage validates the whole params.yaml before it starts,
-so it imports pixpro/config_eval.py (the evaluation-only sections) even where it reads none of
-them; a range check there decides whether the stage starts, never what it computes. A stage
-lists that module exactly when its `params` read one of its sections: editing a retrieval
-bound leaves `pretrain` up to date (checked with `dvc status` below)."""
+so pixpro/config.py imports every section module (config_data.py, config_eval.py,
+config_finetune.py) even where the stage reads none of their sections; a range check there
+decides whether the stage starts, never what it computes. So the scan does not follow
+config.py into a section module whose sections the stage's `params` do not read, and the stage
+does not list it (nor what only it imports), unless the stage's own code imports it too:
+editing a retrieval bound or the finetune recipe leaves `pretrain` up to date (checked with
+`dvc status` below)."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ PROJECT_PACKAGES = ("pixpro", "stages")
 # marker that only offers load_backbone lazily.
 NOT_RESULTS = {"stages/cli.py", "stages/__init__.py", "pixpro/__init__.py", "pixpro/allocator.py",
                "pixpro/progress.py", "pixpro/errors.py", "pixpro/data/__init__.py", "pixpro/model/__init__.py"}
+CORE = "pixpro/config.py"  # Params: imports every section module, and every stage runs it
 
 
 def module_file(name: str) -> str | None:
@@ -65,14 +69,19 @@ def imported_files(path: str) -> set[str]:
     return found
 
 
-def closure(start: str) -> set[str]:
+def closure(start: str, skip: frozenset[str] | set[str] = frozenset()) -> set[str]:
+    """Project files that `start` imports, transitively, without following the core config's
+    imports of the `skip` modules (reached all the same where another file imports them)."""
     seen, todo = set(), [start]
     while todo:
         path = todo.pop()
         if path in seen:
             continue
         seen.add(path)
-        todo.extend(imported_files(path) - seen)
+        found = imported_files(path)
+        if path == CORE:
+            found -= skip
+        todo.extend(found - seen)
     return seen
 
 
@@ -101,14 +110,20 @@ def section_modules() -> dict[str, set[str]]:
         if dataclasses.is_dataclass(section):
             path = Path(inspect.getsourcefile(type(section))).relative_to(REPO).as_posix()
             modules.setdefault(path, set()).add(field.name)
-    modules.pop("pixpro/config.py")  # the core: every stage runs it
+    modules.pop(CORE)  # every stage runs it
     return modules
 
 
 def validation_only(params: list[str]) -> set[str]:
-    """The section modules a stage imports only to validate: it reads none of their sections."""
+    """The section modules the core config imports only to validate: the stage reads none of
+    their sections."""
     return {path for path, sections in section_modules().items()
             if not any(key.split(".")[0] in sections for key in params)}
+
+
+def needed(command: str, params: list[str]) -> set[str]:
+    """The project files a stage runs for its results."""
+    return closure(command, validation_only(params)) - NOT_RESULTS
 
 
 STAGES = stages()
@@ -116,28 +131,43 @@ STAGES = stages()
 
 @pytest.mark.parametrize("stage, command, deps, params", STAGES, ids=[row[0] for row in STAGES])
 def test_stage_deps_list_every_project_module_the_command_imports(stage, command, deps, params):
-    needed = closure(command) - NOT_RESULTS - validation_only(params)
-    missing = sorted(path for path in needed if not covered(path, deps))
+    missing = sorted(path for path in needed(command, params) if not covered(path, deps))
     assert missing == [], f"dvc.yaml stage {stage!r} runs {command}, which imports these unlisted modules"
 
 
 @pytest.mark.parametrize("stage, command, deps, params", STAGES, ids=[row[0] for row in STAGES])
 def test_stage_deps_list_no_code_the_command_does_not_run(stage, command, deps, params):
-    needed = closure(command) - NOT_RESULTS - validation_only(params)
+    runs = needed(command, params)
     code = [dep for dep in deps if dep.split("/")[0] in PROJECT_PACKAGES]
-    extra = sorted(dep for dep in code if not any(covered(path, [dep]) for path in needed))
+    extra = sorted(dep for dep in code if not any(covered(path, [dep]) for path in runs))
     assert extra == [], f"dvc.yaml stage {stage!r} lists code that {command} does not run for its results"
 
 
-def test_the_evaluation_sections_live_apart_from_the_core():
-    assert section_modules() == {"pixpro/config_eval.py": {"extract", "probe", "evaluate", "retrieval"}}
-    assert validation_only(["seed", "threads", "data.size", "pretrain"]) == {"pixpro/config_eval.py"}
-    assert validation_only(["retrieval"]) == set()
+def test_the_sections_pretrain_does_not_read_live_apart_from_the_core():
+    assert section_modules() == {"pixpro/config_data.py": {"data"},
+                                 "pixpro/config_eval.py": {"extract", "probe", "evaluate", "retrieval"},
+                                 "pixpro/config_finetune.py": {"finetune"}}
+    pretrain = ["seed", "threads", "data.size", "pretrain"]
+    assert validation_only(pretrain) == {"pixpro/config_eval.py", "pixpro/config_finetune.py"}
+    assert validation_only(["retrieval"]) == {"pixpro/config_data.py", "pixpro/config_finetune.py"}
+    assert not {"pixpro/config_eval.py", "pixpro/config_finetune.py"} & needed("stages/pretrain.py", pretrain)
+    # ...and what only a skipped module imports is skipped with it (the data section's city list)
+    assert "pixpro/data/cities.py" in needed("stages/pretrain.py", pretrain)
+    assert "pixpro/data/cities.py" not in needed("stages/retrieval.py", ["retrieval"])
 
 
-def test_editing_a_retrieval_bound_leaves_pretrain_up_to_date(tmp_path):
+def test_a_section_module_the_code_imports_itself_is_needed_without_its_params():
+    # finetune's probe head takes the extract and probe recipes (ExtractConfig, ProbeConfig): they
+    # decide its numbers whether or not the stage's params read those sections
+    assert "pixpro/finetune.py" in closure("stages/finetune.py")
+    assert "pixpro/config_eval.py" in imported_files("pixpro/finetune.py")
+    assert "pixpro/config_eval.py" in needed("stages/finetune.py", ["finetune"])
+
+
+def test_editing_a_retrieval_or_finetune_bound_leaves_pretrain_up_to_date(tmp_path):
     # A copy whose pretrain stage is recorded as done (placeholder outputs, `dvc commit`); then
-    # edit one range check of retrieval, then one line of the core config, and ask `dvc status`.
+    # edit one range check of retrieval, one of finetune, then one line of the core config, and
+    # ask `dvc status`.
     repo = tmp_path / "repo"
     repo.mkdir()
     copy_repo(repo)
@@ -152,14 +182,16 @@ def test_editing_a_retrieval_bound_leaves_pretrain_up_to_date(tmp_path):
     run_checked(["dvc", "commit", "--force", "pretrain"], repo, timeout=120)
     assert "up to date" in run_checked(["dvc", "status", "pretrain"], repo, timeout=120).stdout
 
-    checks = repo / "pixpro/config_eval.py"
-    text = checks.read_text()
-    edited = re.sub(r"self\.k >= 10", "self.k >= 11", text)
-    assert edited != text
-    checks.write_text(edited)
-    assert "up to date" in run_checked(["dvc", "status", "pretrain"], repo, timeout=120).stdout
+    for module, check, edit in [("config_eval.py", r"self\.k >= 10", "self.k >= 11"),
+                                ("config_finetune.py", r"self\.steps >= 1,", "self.steps >= 2,")]:
+        checks = repo / "pixpro" / module
+        text = checks.read_text()
+        edited = re.sub(check, edit, text)
+        assert edited != text
+        checks.write_text(edited)
+        assert "up to date" in run_checked(["dvc", "status", "pretrain"], repo, timeout=120).stdout, module
 
-    core = repo / "pixpro/config.py"
+    core = repo / CORE
     core.write_text(core.read_text() + "\n# an edit\n")
     status = run_checked(["dvc", "status", "pretrain"], repo, timeout=120).stdout
     assert "modified:" in status and "pixpro/config.py" in status, status

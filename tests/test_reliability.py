@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -239,7 +240,7 @@ def stage_arguments(command: str, out: Path, params: Path) -> list:
                       "--plots", out / "plots"],
         "show-pairs": [*data, "--out", out / "pairs.png"],
         "finetune": ["--backbone", "random", *data, "--metrics", out / "m.json", "--curve", out / "c.csv",
-                     "--resume", out / "r.json"],
+                     "--resume", out / "r.json", "--model", out / "net.pt", "--live", out / "live"],
         "params": [],
         "scan-data": ["--write-classes", out / "classes.csv"],
         "predict": [out / "image.png", "--out", out / "predictions"],
@@ -404,21 +405,36 @@ def test_ddp_rank_stops_after_ddp_timeout_when_its_peer_hangs(failing_peer_runs)
 # --- help texts ---------------------------------------------------------------------------------
 
 
-def test_top_level_help_lists_every_command():
+def help_parts(output: str) -> tuple[str, str]:
+    """`--help` output -> (the description between the usage line and the first panel, with
+    whitespace collapsed; the panels: arguments, options, commands)."""
+    lines = output.splitlines()
+    usage = next(i for i, line in enumerate(lines) if "Usage:" in line)
+    panel = next(i for i, line in enumerate(lines) if line.startswith("╭"))
+    return " ".join(" ".join(lines[usage + 1:panel]).split()), "\n".join(lines[panel:])
+
+
+def test_top_level_help_describes_the_tool_and_lists_every_command():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
+    description, panels = help_parts(result.output)
+    assert description
     for command in app.registered_commands:
-        assert command.name in result.output
+        assert command.name in panels
 
 
 @pytest.mark.parametrize("command", [c.name for c in app.registered_commands])
-def test_every_command_has_help_with_a_description(command):
-    (registered,) = [c for c in app.registered_commands if c.name == command]
+def test_every_command_has_help_with_a_description_and_every_parameter_explained(command):
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
-    first_line = inspect.getdoc(registered.callback).splitlines()[0]
-    assert first_line and " ".join(first_line.split()[:6]) in " ".join(result.output.split())
-    assert "--help" in result.output
+    description, panels = help_parts(result.output)
+    assert description, f"`pixpro {command} --help` has no description"
+    parameters = typer.main.get_command(app).commands[command].params
+    assert any(p.param_type_name == "option" for p in parameters)
+    for parameter in parameters:
+        names = parameter.opts if parameter.param_type_name == "option" else [parameter.name]
+        assert all(name in panels for name in names), (command, names)
+        assert parameter.help, (command, names)  # shown beside it
 
 
 # --- every stage fails whole --------------------------------------------------------------------
@@ -501,7 +517,7 @@ STAGE_OUTPUTS = {
     "probe": ["probe.pt", "probe.csv"],
     "evaluate": ["predictions", "evaluate_plots", "segmentation/random.json"],
     "retrieval": ["retrieval_plots", "retrieval/random.json"],
-    "finetune": ["finetune.csv", "finetune/random.json"],
+    "finetune": ["finetune.csv", "finetune_model.pt", "finetune_live", "finetune/random.json"],
     "report": ["summary.md", "report_plots"],
 }
 
@@ -516,8 +532,8 @@ def run_stage(command: str, run: Path, prepared: Path, **paths: Path) -> list:
                      "metrics": run / "segmentation" / "random.json"},
         "retrieval": {"bank": run / "bank.pt", "plots": run / "retrieval_plots",
                       "metrics": run / "retrieval" / "random.json"},
-        "finetune": {"curve": run / "finetune.csv", "resume": run / "resume.json",
-                     "metrics": run / "finetune" / "random.json"},
+        "finetune": {"curve": run / "finetune.csv", "resume": run / "resume.json", "model": run / "finetune_model.pt",
+                     "live": run / "finetune_live", "metrics": run / "finetune" / "random.json"},
         "report": {"segmentation": run / "segmentation", "retrieval": run / "retrieval",
                    "finetune": run / "finetune", "out": run / "summary.md", "plots": run / "report_plots"},
     }[command]
@@ -668,10 +684,13 @@ def test_damaged_prepared_data_names_the_file(finished_run, damaged, tmp_path, c
     assert len(error_lines(output)) == 1 and f"pixpro {command}: error:" in output, output
     assert str(path) in " ".join(output.split()) and "rerun `pixpro prepare`" in output, output
     assert "Traceback" not in output
-    # finetune's resume file is progressive by design: fractions finished before the damage are kept
+    # finetune's resume file and curves are progressive by design: fractions finished before the
+    # damage are kept
     after = snapshot(run)
     if command == "finetune":
-        before.pop("resume.json"), after.pop("resume.json")
+        for files in (before, after):
+            for name in [name for name in files if name == "resume.json" or name.startswith("finetune_live/")]:
+                files.pop(name)
     assert after == before and leftovers(run) == []
 
 

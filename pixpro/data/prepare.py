@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pixpro.config import DataConfig, Params
+from pixpro.config import Params
+from pixpro.config_data import DataConfig
 from pixpro.data.cityscapes import Layout, Sample, discover, prepare_sample, prepared_paths
 from pixpro.data.classes import ClassTable, load_class_table, write_prepared_classes
 from pixpro.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, load_manifest  # noqa: F401 (re-exported)

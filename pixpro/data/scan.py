@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixpro.config import DataConfig
+from pixpro.config_data import DataConfig
 from pixpro.data.cityscapes import (EXTRA_SPLIT, IGNORE, LABELLED_SPLITS, ORIENTATION, Layout, open_checked, pair_split,
                                     read_label, split_files)
 from pixpro.data.classes import ClassTable
