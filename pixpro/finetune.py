@@ -12,11 +12,7 @@ head spent its steps bending the backbone towards a poor head.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -29,15 +25,18 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from pixpro.config import FinetuneConfig, OptimConfig, fraction_percent
+from pixpro.config import OptimConfig
 from pixpro.config_eval import ExtractConfig, ProbeConfig
+from pixpro.config_finetune import FinetuneConfig, fraction_percent
 from pixpro.data.classes import IGNORE, ClassTable
 from pixpro.data.views import load_image_tensor, normalize
 from pixpro.errors import ConfigError, DataError
-from pixpro.features import embed, extract_bank, labelled_batches, prepared_file, read_prepared_mask
-from pixpro.io import atomic_write_json
+from pixpro.features import extract_bank, labelled_batches, prepared_file, read_prepared_mask
+from pixpro.finetune_results import FractionResult, ResultStore, write_val_curves
+from pixpro.finetuned_file import KeptNetwork, Segmenter
 from pixpro.metrics import ConfusionAccumulator
 from pixpro.optim import build_optimizer
+from pixpro.precision import autocast_for
 from pixpro.probe import fit_probe
 from pixpro.progress import progress_bar
 from pixpro.schedules import warmup_cosine
@@ -118,19 +117,6 @@ class PlannedCrops(Dataset):
         return Crop(image, mask)
 
 
-class Segmenter(nn.Module):
-    """backbone (B, 3, H, W) -> (B, C, H, W) unit-length pixel features, then a 1x1 conv -> (B, K, H, W)
-    class logits: the linear probe's model (features.embed), so a probe's weights are a classifier."""
-
-    def __init__(self, backbone: nn.Module, dim: int, num_classes: int):
-        super().__init__()
-        self.backbone = backbone
-        self.classifier = nn.Conv2d(dim, num_classes, 1)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.classifier(embed(self.backbone, images))
-
-
 def adamw(parts: list[tuple[nn.Module, float]], weight_decay: float) -> tuple[torch.optim.Optimizer, list[float]]:
     """AdamW over each (module, lr) part's trainable parameters (pixpro.optim's groups: no decay on
     1-D ones); and each group's base lr, which the schedule multiplies."""
@@ -180,28 +166,10 @@ def enter_phase(model: Segmenter, phase: Phase) -> None:
                 module.eval()  # normalise with the running statistics and leave them unchanged
 
 
-@dataclass
-class FractionResult:
-    fraction: float
-    labelled_images: int
-    miou: float
-    pixel_accuracy: float
-    final_loss: float
-    skipped_batches: int  # batches whose crops held no labelled pixel
-    # (step, val mIoU, val pixel accuracy) during training, steps counted over both phases; the
-    # last row is (steps, miou, pixel_accuracy)
-    val_curve: list[tuple[int, float, float]] = field(default_factory=list)
-
-
 class TrainResult(NamedTuple):
     final_loss: float
     skipped_batches: int
     val_curve: list[tuple[int, float, float]]  # (step, val mIoU, val pixel accuracy); empty without a scorer
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU runs in fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
 def evaluation_steps(cfg: FinetuneConfig) -> set[int]:
@@ -255,7 +223,7 @@ def train_segmenter(model: Segmenter, rows: pd.DataFrame, subset: Tensor, image_
             if (masks != IGNORE).any():
                 for group, base in zip(phase.optimizer.param_groups, phase.base_lrs):
                     group["lr"] = base * phase.schedule[local]
-                with autocast(device, cfg.amp):
+                with autocast_for(device, cfg.amp):  # a bool: true = bf16 on CUDA only, as pretrain.amp: cuda
                     logits = model(images.to(device))  # (B, K, h, w)
                 loss = F.cross_entropy(logits.float(), masks, weight=class_weights, ignore_index=IGNORE)
                 if not torch.isfinite(loss):
@@ -276,7 +244,8 @@ def train_segmenter(model: Segmenter, rows: pd.DataFrame, subset: Tensor, image_
 def fit_probe_head(model: Segmenter, rows: pd.DataFrame, subset: Tensor, extract: ExtractConfig,
                    probe: ProbeConfig, seed: int, device: torch.device, num_classes: int) -> None:
     """The LP of LP-FT: the probe stage's logistic regression, fitted on the frozen backbone's
-    features of class-balanced pixels of `subset`'s images only, becomes the classifier."""
+    output features of class-balanced pixels of `subset`'s images only, becomes the classifier
+    (probe.layers is not read: the classifier sees the output stage alone)."""
     model.eval()
     with torch.no_grad():
         bank = extract_bank(model.backbone, rows.iloc[subset.numpy()], extract, seed, device, num_classes)
@@ -294,69 +263,43 @@ def score_segmenter(model: Segmenter, rows: pd.DataFrame, batch_size: int, devic
     model.eval()
     accumulator = ConfusionAccumulator(classes.num_classes)
     for batch in labelled_batches(rows, batch_size, description=description):
-        with autocast(device, amp):
+        with autocast_for(device, amp):
             logits = model(batch.image.to(device))  # (B, K, H, W)
         accumulator.update(logits.argmax(1).cpu(), batch.mask)
     scores = accumulator.scores(list(classes.names))
     return scores.miou, scores.pixel_accuracy
 
 
-def print_warning(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-class ResultStore:
-    """Finished fractions of one stage run, kept across an interruption.
-
-    A rerun reuses a fraction only when everything that decides it (its `fingerprint`) is
-    unchanged; anything else starts that fraction again. A file that cannot be read back is
-    reported through `warn` and then overwritten, never silently dropped."""
-
-    def __init__(self, path: Path, fingerprint: dict, warn: Callable[[str], None] = print_warning):
-        self.path = Path(path)
-        self.fingerprint = fingerprint
-        self.results: dict[str, FractionResult] = {}
-        if self.path.exists():
-            try:
-                saved = json.loads(self.path.read_text())
-                if saved["fingerprint"] == fingerprint:
-                    self.results = {key: FractionResult(**{**found, "val_curve": [tuple(row) for row in
-                                                                                  found["val_curve"]]})
-                                    for key, found in saved["results"].items()}
-            except (OSError, UnicodeDecodeError, ValueError, LookupError, TypeError) as error:
-                reason = f"{type(error).__name__}: {error}".splitlines()[0]
-                warn(f"warning: resume file {self.path} is damaged ({reason}); training every fraction again")
-
-    def get(self, fraction: float) -> FractionResult | None:
-        return self.results.get(repr(fraction))
-
-    def put(self, result: FractionResult) -> None:
-        self.results[repr(result.fraction)] = result
-        atomic_write_json(self.path, {"fingerprint": self.fingerprint,
-                                      "results": {key: asdict(r) for key, r in self.results.items()}})
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def label_efficiency(init_backbone: Callable[[], nn.Module], dim: int, train_rows: pd.DataFrame,
                      val_rows: pd.DataFrame, image_size: tuple[int, int], cfg: FinetuneConfig, seed: int,
                      classes: ClassTable, device: torch.device, store: ResultStore,
                      name: str, log: Callable[[str], None] = print, live: Path | None = None,
-                     extract: ExtractConfig = ExtractConfig(), probe: ProbeConfig = ProbeConfig()
-                     ) -> list[FractionResult]:
+                     extract: ExtractConfig = ExtractConfig(), probe: ProbeConfig = ProbeConfig(),
+                     keep: KeptNetwork | None = None) -> list[FractionResult]:
     """Fine-tune a fresh copy of the backbone per label fraction and score it on val, also during
     training (evaluation_steps); the val curves go to the dvclive folder `live` when given.
-    With finetune.head_init = probe, the classifier starts as the linear probe (the `extract` and
-    `probe` sections' recipe) fitted on the fraction's images.
+    With finetune.head_init = probe, the classifier starts as the linear probe fitted on the
+    fraction's images with `extract` and `probe` (pass the params' sections: the defaults are the
+    code's). probe.layers does not apply: the classifier is a 1x1 conv on the output stage, so the
+    probe is fitted on the output's features whatever the probe stage uses.
+
+    `keep` saves the network of the largest fraction when it finishes. A rerun reuses that
+    fraction only while its saved network is there and from this run (the same fingerprint);
+    otherwise (deleted, or saved under other params) the fraction is trained again, to the same
+    weights on the same device.
 
     init_backbone() returns the initial backbone (the same weights every call)."""
     subsets = labelled_subsets(len(train_rows), cfg.label_fractions, seed)
+    kept_fraction = max(cfg.label_fractions) if keep is not None else None
     results = []
     for index, fraction in enumerate(cfg.label_fractions):
         percent = fraction_percent(fraction)
         done = store.get(fraction)
+        if done is not None and fraction == kept_fraction:
+            problem = keep.problem(fraction, store.fingerprint)
+            if problem is not None:
+                log(f"{name} {percent}%: finished in the interrupted run, but {problem}; training it again")
+                done = None
         if done is not None:
             log(f"{name} {percent}%: reused from the interrupted run, mIoU {done.miou:.4f}")
             results.append(done)
@@ -377,6 +320,9 @@ def label_efficiency(init_backbone: Callable[[], nn.Module], dim: int, train_row
         _, miou, accuracy = trained.val_curve[-1]  # after the last step
         result = FractionResult(fraction, len(subsets[fraction]), miou, accuracy, trained.final_loss,
                                 trained.skipped_batches, trained.val_curve)
+        if fraction == kept_fraction:
+            # first: a finished record implies its network
+            keep.save(model, result.fraction, result.labelled_images, result.miou, store.fingerprint)
         store.put(result)
         log(f"{name} {percent}% ({result.labelled_images} images): mIoU {miou:.4f}, "
             f"last loss {trained.final_loss:.3f}")
@@ -386,32 +332,3 @@ def label_efficiency(init_backbone: Callable[[], nn.Module], dim: int, train_row
     if live is not None:
         write_val_curves(live, results)  # also when every fraction was reused
     return results
-
-
-def write_val_curves(live_dir: Path, results: list[FractionResult]) -> None:
-    """dvclive curves `miou_<p>pct` (val mIoU against the step) under live_dir/plots/metrics, one
-    per fraction, rewritten whole from `results` so a resumed run's curves have no duplicates."""
-    from dvclive import Live
-
-    # dvc.yaml declares the outputs itself, so dvclive must not edit it; resume=False clears the folder.
-    live = Live(str(live_dir), resume=False, dvcyaml=None, save_dvc_exp=False, report=None)
-    for result in results:
-        for step, miou, _ in result.val_curve:
-            live.step = step
-            live.log_metric(f"miou_{fraction_percent(result.fraction)}pct", miou)
-    live.make_summary()
-
-
-def metrics_dict(results: list[FractionResult]) -> dict:
-    """metrics/finetune/<backbone>.json: miou_<p>pct (the contract) and the subset sizes."""
-    metrics = {f"miou_{fraction_percent(r.fraction)}pct": r.miou for r in results}
-    metrics.update({f"labelled_images_{fraction_percent(r.fraction)}pct": r.labelled_images for r in results})
-    return metrics
-
-
-def curve_frame(results: list[FractionResult]) -> pd.DataFrame:
-    """The label-efficiency curve: one row per fraction, for `dvc plots`."""
-    return pd.DataFrame({"labelled_fraction": [r.fraction for r in results],
-                         "labelled_images": [r.labelled_images for r in results],
-                         "miou": [r.miou for r in results],
-                         "pixel_accuracy": [r.pixel_accuracy for r in results]})

@@ -1,10 +1,12 @@
-"""Segment new images with a finished run's frozen backbone and linear probe (`pixpro predict`).
+"""Segment new images with a finished run (`pixpro predict`): its frozen backbone and linear probe,
+or the network `pixpro finetune` kept.
 
 Images of any size: each is resized to the prepared size `data.size` (bilinear, as `pixpro
-prepare` resizes), segmented exactly as `pixpro evaluate` scores the val images (same
-normalisation, `probe.layers` stages and L2-normalised features: the same functions), and its
-label map is resized back to the image's own size with nearest neighbour, so every value stays a
-train id. Not tiled: a large image is segmented at the prepared resolution.
+prepare` resizes), segmented exactly as the run scores the val images (`pixpro evaluate` for the
+probe: same normalisation, `probe.layers` stages and L2-normalised features; the fine-tuning's
+val scoring for the fine-tuned network: the same functions), and its label map is resized back to
+the image's own size with nearest neighbour, so every value stays a train id. Not tiled: a large
+image is segmented at the prepared resolution.
 """
 
 from __future__ import annotations
@@ -15,20 +17,26 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
+from torch import Tensor, nn
 
-from pixpro.backbone_file import unit_range
+from pixpro.backbone_file import Preprocessing
+from pixpro.config_finetune import fraction_percent
 from pixpro.data.classes import ClassTable
 from pixpro.data.cityscapes import read_image
-from pixpro.data.views import normalize
-from pixpro.errors import DataError, PixproError
+from pixpro.errors import CheckpointError, DataError, PixproError
 from pixpro.evaluate import predict, save_prediction
+from pixpro.finetuned_file import FinetunedNetwork, read_finetuned
 from pixpro.io import make_parents
 from pixpro.label_viz import class_legend, colorize_train_ids, new_figure, present_ids, save_figure
+from pixpro.precision import autocast_for
 from pixpro.progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OVERLAYS = "overlays"  # sub-folder of the output folder for the coloured pictures
+
+
+# (B, 3, h, w) normalised images -> (B, h, w) int64 train ids
+Labeller = Callable[[Tensor], Tensor]
 
 
 class PredictSummary(NamedTuple):
@@ -60,17 +68,48 @@ def find_images(inputs: list[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def probe_labeller(backbone: nn.Module, probe: nn.Linear) -> Labeller:
+    """The linear probe on the frozen backbone's features, as `pixpro evaluate` labels val.
+
+    backbone: as `pixpro evaluate` loads it (pixpro.features.frozen_backbone_on_device)."""
+    return lambda images: predict(backbone, probe, images)
+
+
+def finetuned_labeller(network: FinetunedNetwork, device: torch.device) -> Labeller:
+    """The fine-tuned network's argmax, as its val scoring (pixpro.finetune.score_segmenter) labels val."""
+    model = network.model.eval().to(device)
+
+    def label(images: Tensor) -> Tensor:
+        with autocast_for(device, network.amp):  # as score_segmenter: true = bf16 on CUDA only
+            return model(images).argmax(1)  # (B, K, h, w) logits -> (B, h, w)
+
+    return label
+
+
+def finetuned_for_prediction(path: Path, classes: ClassTable) -> FinetunedNetwork:
+    """The network `pixpro finetune` kept, checked to be the 100% one and to label `classes`."""
+    network = read_finetuned(path)
+    if network.fraction != 1.0:
+        raise CheckpointError(f"{path} holds the network fine-tuned on {fraction_percent(network.fraction)}% of "
+                              f"the labels, not 100%: finetune.label_fractions had no 1.0; add it and rerun "
+                              f"`dvc repro finetune`")
+    if network.class_names != tuple(classes.names):
+        raise CheckpointError(f"{path} was fine-tuned on {len(network.class_names)} classes "
+                              f"({', '.join(network.class_names)}), not the prepared data's {classes.num_classes} "
+                              f"({', '.join(classes.names)}); rerun `dvc repro finetune`")
+    return network
+
+
 @torch.no_grad()
-def segment(backbone: nn.Module, probe: nn.Linear, image: Image.Image, size: tuple[int, int],
-            device: torch.device) -> np.ndarray:
+def segment(label: Labeller, image: Image.Image, size: tuple[int, int], device: torch.device,
+            preprocessing: Preprocessing = Preprocessing()) -> np.ndarray:
     """An RGB image of any size -> (H, W) uint8 train ids at the image's own size.
 
-    backbone: as `pixpro evaluate` loads it (pixpro.features.frozen_backbone_on_device);
     size: the prepared (h, w), divisible by the backbone's downsampling."""
     height, width = size
     resized = image.resize((width, height), Image.BILINEAR)  # as pixpro prepare resizes
-    batch = normalize(unit_range(resized))[None].to(device)  # (1, 3, h, w), as evaluate's images
-    labels = predict(backbone, probe, batch)[0].cpu().numpy().astype(np.uint8)  # (h, w)
+    batch = preprocessing.apply(resized)[None].to(device)  # (1, 3, h, w), as the val images
+    labels = label(batch)[0].cpu().numpy().astype(np.uint8)  # (h, w)
     return np.asarray(Image.fromarray(labels).resize(image.size, Image.NEAREST))  # (H, W)
 
 
@@ -89,12 +128,12 @@ def plot_prediction(image: np.ndarray, labels: np.ndarray, path: Path, classes: 
     save_figure(fig, path)
 
 
-def predict_images(paths: list[Path], backbone: nn.Module, probe: nn.Linear, size: tuple[int, int],
-                   device: torch.device, out: Path, classes: ClassTable, overlays: bool = True,
-                   log: Callable[[str], None] = print) -> PredictSummary:
-    """Write out/<stem>.png (train ids at the input's size) and, with `overlays`,
-    out/overlays/<stem>.png for each input. An unreadable input is logged in one line and
-    skipped; the rest go on."""
+def predict_images(paths: list[Path], label: Labeller, size: tuple[int, int], device: torch.device, out: Path,
+                   classes: ClassTable, overlays: bool = True, log: Callable[[str], None] = print,
+                   preprocessing: Preprocessing = Preprocessing()) -> PredictSummary:
+    """Write out/<stem>.png (train ids at the input's size, from `label` on the image resized to
+    `size`) and, with `overlays`, out/overlays/<stem>.png for each input. An unreadable input is
+    logged in one line and skipped; the rest go on."""
     make_parents(out / OVERLAYS)  # a file in the way: one line, not a traceback
     if not out.is_dir():
         raise PixproError(f"cannot write label maps into {out}: it is a file, not a folder")
@@ -109,7 +148,7 @@ def predict_images(paths: list[Path], backbone: nn.Module, probe: nn.Linear, siz
                 log(str(err))
                 failed.append(path)
                 continue
-            labels = segment(backbone, probe, image, size, device)
+            labels = segment(label, image, size, device, preprocessing)
             save_prediction(labels, out / f"{path.stem}.png")
             written.append(out / f"{path.stem}.png")
             if overlays:

@@ -50,6 +50,8 @@ LAYOUT = {
     "finetune_metrics": "metrics/finetune/{backbone}.json",
     "finetune_curve": "plots/finetune/{backbone}.csv",
     "finetune_resume": "checkpoints/finetune/{backbone}.json",
+    "finetune_model": "models/finetune/{backbone}.pt",
+    "finetune_live": "dvclive/finetune/{backbone}",
 }
 
 

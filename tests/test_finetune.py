@@ -13,13 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pixpro.config import FinetuneConfig
+from pixpro.config_finetune import FinetuneConfig
 from pixpro.data.classes import load_prepared_classes
 from pixpro.errors import ConfigError
 from pixpro.features import init_backbone, split_rows
-from pixpro.finetune import (CropPlan, FractionResult, PlannedCrops, ResultStore, Segmenter, crop_plan,
-                             evaluation_steps, label_efficiency, labelled_subsets, metrics_dict, score_segmenter,
-                             train_segmenter)
+from pixpro.finetune import (CropPlan, PlannedCrops, crop_plan, evaluation_steps, label_efficiency, labelled_subsets,
+                             score_segmenter, train_segmenter)
+from pixpro.finetune_results import FractionResult, ResultStore, metrics_dict
+from pixpro.finetuned_file import Segmenter
 from pixpro.model.backbone import build_backbone
 from pixpro.report import finetune_table
 from tests.conftest import VENV_BIN, make_eval_params, tiny_params
@@ -331,13 +332,14 @@ def test_an_interrupted_run_reuses_finished_fractions_only_under_the_same_finger
                                 cfg, params.seed, classes, CPU, store, "random", log=lambda _: None, live=live)
 
     def curves() -> dict[str, pd.DataFrame]:
-        return {table.name: pd.read_csv(table, sep="\t") for table in (live / "plots" / "metrics").glob("*.tsv")}
+        tables = (live / "plots" / "metrics" / "val").glob("*.tsv")
+        return {table.name: pd.read_csv(table, sep="\t") for table in tables}
 
     path = tmp_path / "resume.json"
     first = run(ResultStore(path, {"recipe": 1}))
     assert len(calls) == 2  # one fresh backbone per fraction
     written = curves()
-    assert sorted(written) == ["miou_100pct.tsv", "miou_50pct.tsv"]  # one dvclive curve per fraction
+    assert sorted(written) == ["miou_100pct.tsv", "miou_50pct.tsv"]  # one dvclive curve val/miou_<p>pct per fraction
     for result in first:
         table = written[f"miou_{round(100 * result.fraction)}pct.tsv"]
         assert table["step"].tolist() == [0, 2, 3] and table.iloc[-1, 1] == pytest.approx(result.miou)
@@ -356,14 +358,124 @@ def test_an_interrupted_run_reuses_finished_fractions_only_under_the_same_finger
     assert len(calls) == 2  # another recipe: nothing reused
 
 
+def _backbone_and_classifier(path) -> dict:
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    return {**{f"backbone.{k}": v for k, v in saved["backbone"].items()},
+            **{f"classifier.{k}": v for k, v in saved["classifier"].items()}}
+
+
+def test_the_largest_fractions_network_is_saved_and_survives_or_is_retrained_on_resume(prepared, tmp_path):
+    from pixpro.config_base import to_dict
+    from pixpro import load_backbone
+    from pixpro.finetuned_file import KeptNetwork, read_finetuned
+
+    params = make_eval_params()
+    classes = load_prepared_classes(prepared)
+    train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
+    saved, resume = tmp_path / "models" / "random.pt", tmp_path / "resume.json"
+    calls, logs = [], []
+
+    def init():
+        calls.append(1)
+        if interrupt and len(calls) == 2:
+            raise KeyboardInterrupt  # killed as the second fraction starts
+        return init_backbone("random", params, tmp_path / "absent.pt")
+
+    def run(fractions=(1.0, 0.5), fingerprint=None):
+        calls.clear()
+        cfg = dataclasses.replace(params.finetune, label_fractions=fractions)
+        keep = KeptNetwork(saved, to_dict(params.pretrain.backbone), classes, tuple(params.data.size), cfg,
+                           params.seed, "random")
+        return label_efficiency(init, params.pretrain.backbone.dim, train, val, tuple(params.data.size), cfg,
+                                params.seed, classes, CPU, ResultStore(resume, fingerprint or {"recipe": 1}),
+                                "random", log=logs.append, keep=keep)
+
+    # Interrupted after the 100% fraction finished: its network is already saved ...
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    written = saved.stat().st_mtime_ns
+    network = read_finetuned(saved)
+    assert network.fraction == 1.0 and network.class_names == classes.names and network.image_size == (32, 64)
+    # ... and a resume trains only the 50% fraction, leaving the saved network as it was.
+    interrupt = False
+    results = run()
+    assert len(calls) == 1 and saved.stat().st_mtime_ns == written
+    full = results[0]
+    # The file holds the network that was scored: scoring it again gives the recorded numbers.
+    assert score_segmenter(network.model, val, 2, CPU, classes, amp=False, description="") == (
+        full.miou, full.pixel_accuracy)
+    weights = _backbone_and_classifier(saved)
+    # Its backbone is named as in models/backbone.pt, so the backbone loader reads it too.
+    loaded = load_backbone(saved).module.state_dict()
+    assert all(torch.equal(v, weights[f"backbone.{k}"]) for k, v in loaded.items())
+    # The record says 100% is done but the file is gone (deleted by hand, or never pulled from the
+    # DVC cache): that fraction is trained again, to the same weights, and saved again.
+    saved.unlink()
+    assert run() == results and len(calls) == 1
+    assert f"random 100%: finished in the interrupted run, but {saved} is missing; training it again" in logs
+    again = _backbone_and_classifier(saved)
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    # A file saved by another run (another fingerprint) does not stand for this one either.
+    other = torch.load(saved, weights_only=False)
+    other["fingerprint"] = {"recipe": 0}
+    torch.save(other, saved)
+    run()
+    assert len(calls) == 1
+    assert f"random 100%: finished in the interrupted run, but {saved} was saved by another run; training it again" \
+        in logs
+
+
+def test_without_a_full_fraction_the_largest_is_kept_and_predict_names_the_missing_one(prepared, tmp_path):
+    from pixpro.config_base import to_dict
+    from pixpro.errors import CheckpointError
+    from pixpro.finetuned_file import KeptNetwork, read_finetuned
+    from pixpro.predict import finetuned_for_prediction
+
+    params = make_eval_params()
+    classes = load_prepared_classes(prepared)
+    train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
+    cfg = dataclasses.replace(params.finetune, label_fractions=(0.5, 0.25))
+    saved = tmp_path / "half.pt"
+    keep = KeptNetwork(saved, to_dict(params.pretrain.backbone), classes, tuple(params.data.size), cfg, params.seed,
+                       "random")
+    label_efficiency(lambda: init_backbone("random", params, tmp_path / "absent.pt"), params.pretrain.backbone.dim,
+                     train, val, tuple(params.data.size), cfg, params.seed, classes, CPU,
+                     ResultStore(tmp_path / "resume.json", {}), "random", log=lambda _: None, keep=keep)
+    assert read_finetuned(saved).fraction == 0.5
+    with pytest.raises(CheckpointError, match=r"half.pt holds the network fine-tuned on 50% of the labels, not "
+                                              r"100%: finetune.label_fractions had no 1.0; add it and rerun "
+                                              r"`dvc repro finetune`$"):
+        finetuned_for_prediction(saved, classes)
+
+
+def test_a_file_that_is_no_fine_tuned_network_is_one_line(tmp_path):
+    from pixpro.checkpoint import save_checkpoint
+    from pixpro.errors import CheckpointError
+    from pixpro.finetuned_file import FINETUNED_FORMAT, read_finetuned
+    from tests.conftest import save_backbone_file
+
+    with pytest.raises(CheckpointError, match=r"absent.pt not found: run `dvc repro finetune` first"):
+        read_finetuned(tmp_path / "absent.pt")
+    backbone = save_backbone_file(tmp_path / "backbone.pt", make_eval_params())
+    with pytest.raises(CheckpointError, match=r"backbone.pt is not a fine-tuned network; use the --model file"):
+        read_finetuned(backbone)
+    save_checkpoint(tmp_path / "cut.pt", {"format": FINETUNED_FORMAT, "preprocessing": {}})
+    with pytest.raises(CheckpointError, match=r"cut.pt is a damaged fine-tuned network \(KeyError: 'backbone'\)"):
+        read_finetuned(tmp_path / "cut.pt")
+
+
 def test_stage_writes_the_contracted_keys_for_both_backbones_on_the_same_images(prepared, tmp_path):
     import yaml
 
     from tests.conftest import TINY_EVAL, TINY_PRETRAIN
     from tests.conftest import save_backbone_file
 
+    from pixpro.finetuned_file import read_finetuned
+
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(tiny_params({**TINY_PRETRAIN, **TINY_EVAL}), sort_keys=False))
+    params_file.write_text(yaml.safe_dump(tiny_params({**TINY_PRETRAIN, **TINY_EVAL, "finetune.eval_every": 2}),
+                                          sort_keys=False))
     checkpoint = save_backbone_file(tmp_path / "backbone.pt", make_eval_params())
     metrics = {}
     for backbone in ("pretrained", "random"):
@@ -371,12 +483,22 @@ def test_stage_writes_the_contracted_keys_for_both_backbones_on_the_same_images(
         proc = subprocess.run(
             [str(VENV_BIN / "pixpro"), "finetune", "--backbone", backbone, "--params", str(params_file),
              "--data", str(prepared), "--checkpoint", str(checkpoint), "--metrics", str(out / "m.json"),
-             "--curve", str(out / "curve.csv"), "--resume", str(out / "resume.json")],
+             "--curve", str(out / "curve.csv"), "--resume", str(out / "resume.json"), "--model",
+             str(out / "models" / "net.pt"), "--live", str(out / "live")],
             capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
         assert proc.returncode == 0, proc.stderr
         metrics[backbone] = json.loads((out / "m.json").read_text())
         curve = pd.read_csv(out / "curve.csv")
         assert curve["labelled_fraction"].tolist() == [0.5, 1.0] and curve["labelled_images"].tolist() == [2, 4]
+        network = read_finetuned(out / "models" / "net.pt")
+        assert network.fraction == 1.0 and network.image_size == (32, 64)
+        # val mIoU during training, one dvclive curve per fraction: the probe head (0), every 2 steps, the end
+        tables = sorted((out / "live" / "plots" / "metrics" / "val").glob("*.tsv"))
+        assert [t.name for t in tables] == ["miou_100pct.tsv", "miou_50pct.tsv"]
+        for table in tables:
+            rows = pd.read_csv(table, sep="\t")
+            assert rows["step"].tolist() == [0, 2, 3] and rows[table.stem].between(0, 1).all()
+        assert rows.iloc[-1][table.stem] == pytest.approx(metrics[backbone]["miou_50pct"])
     for m in metrics.values():
         assert set(m) == {"miou_50pct", "miou_100pct", "labelled_images_50pct", "labelled_images_100pct"}
         assert all(0 <= m[k] <= 1 for k in ("miou_50pct", "miou_100pct"))
@@ -401,11 +523,12 @@ def test_stage_refuses_a_fraction_that_selects_no_image_before_training(prepared
     proc = subprocess.run(
         [str(VENV_BIN / "pixpro"), "finetune", "--backbone", "random", "--params", str(params_file),
          "--data", str(prepared), "--metrics", str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.csv"),
-         "--resume", str(tmp_path / "r.json")],
+         "--resume", str(tmp_path / "r.json"), "--model", str(tmp_path / "net.pt"), "--live", str(tmp_path / "live")],
         capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0
     assert "0.05 x 4 labelled train images rounds to 0 images; use at least 0.25" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "net.pt").exists()
 
 
 def test_metrics_dict_names_keys_by_rounded_percent():
@@ -449,6 +572,57 @@ def test_both_backbones_start_from_the_same_classifier(tmp_path, monkeypatch):
                              rows, (32, 64), cfg, params.seed, TwoClasses, CPU,
                              ResultStore(tmp_path / f"{kind}.json", {}), kind, log=lambda _: None)
     assert torch.equal(seen["weights"][0], seen["weights"][1])
+
+
+class _ProbeFitted(Exception):
+    pass
+
+
+def test_the_probe_head_is_fitted_with_the_extract_and_probe_sections_of_params(prepared, tmp_path, monkeypatch):
+    # The stage once left them out, so the head was fitted with ExtractConfig() / ProbeConfig()
+    # whatever params.yaml said; the defaults equal params.yaml, so only a non-default shows it.
+    import yaml
+    from typer.testing import CliRunner
+
+    import pixpro.finetune as finetune
+    import pixpro.finetune_results as finetune_results
+    from pixpro.config import load_params
+    from pixpro.stages.cli import app
+    from tests.conftest import TINY_EVAL, TINY_PRETRAIN
+
+    seen = {}
+    real_extract = finetune.extract_bank
+
+    def extract(backbone, rows, cfg, *args):
+        seen["extract"] = cfg
+        return real_extract(backbone, rows, cfg, *args)
+
+    def fit(features, labels, num_classes, cfg):
+        seen["probe"], seen["pixels"] = cfg, len(labels)
+        raise _ProbeFitted  # enough: the fit's inputs are what is checked
+
+    stores = []
+    real_store = finetune_results.ResultStore
+    monkeypatch.setattr(finetune, "extract_bank", extract)
+    monkeypatch.setattr(finetune, "fit_probe", fit)
+    monkeypatch.setattr(finetune_results, "ResultStore", lambda *args: stores.append(real_store(*args)) or stores[-1])
+    monkeypatch.setattr("pixpro.stages._common.pin_threads", lambda setting: 1)  # leave this process's threads
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params({**TINY_PRETRAIN, **TINY_EVAL, "extract.pixels_per_image": 5,
+                                                       "probe.weight_decay": 0.25, "probe.max_iter": 7}),
+                                          sort_keys=False))
+    result = CliRunner().invoke(app, [
+        "finetune", "--backbone", "random", "--params", str(params_file), "--data", str(prepared),
+        "--metrics", str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.csv"), "--resume", str(tmp_path / "r.json"),
+        "--model", str(tmp_path / "net.pt"), "--live", str(tmp_path / "live")])
+    assert isinstance(result.exception, _ProbeFitted), result.output
+    params = load_params(params_file)
+    assert seen["extract"] == params.extract and seen["extract"].pixels_per_image == 5
+    assert seen["probe"] == params.probe and (seen["probe"].weight_decay, seen["probe"].max_iter) == (0.25, 7)
+    assert seen["pixels"] <= 2 * 5  # the 0.5 fraction's 2 images, at most 5 pixels each
+    # ...and a resume record is reused only under the same probe recipe
+    assert stores[0].fingerprint["probe_head"]["probe"]["weight_decay"] == 0.25
+    assert stores[0].fingerprint["probe_head"]["extract"]["pixels_per_image"] == 5
 
 
 def test_the_label_efficiency_profile_is_a_finetune_overlay_that_validates_over_idd_lite(tmp_path):

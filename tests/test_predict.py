@@ -53,12 +53,16 @@ def _finished_run(tmp_path_factory) -> Path:
     return run
 
 
+def working_copy(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of a module-scoped `run` for one test, as the working directory (tests write into it)."""
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    monkeypatch.chdir(copy)
+    return copy
+
+
 @pytest.fixture
 def finished_run(_finished_run, tmp_path, monkeypatch) -> Path:
-    """A copy of the finished run for one test, as the working directory."""
-    run = Path(shutil.copytree(_finished_run, tmp_path / "run"))
-    monkeypatch.chdir(run)
-    return run
+    return working_copy(_finished_run, tmp_path, monkeypatch)
 
 
 def street_frames(run: Path) -> dict[str, tuple[int, int]]:
@@ -124,10 +128,75 @@ def test_the_random_backbone_uses_its_own_probe(finished_run):
     assert "models/probe/random.pt not found: run `dvc repro probe` first" in result.output
 
 
-def test_finetuned_head_says_what_to_use(finished_run):
-    result = invoke("predict", "raw", "--out", "out", "--head", "finetune-100pct")
+@pytest.fixture(scope="module")
+def _finetuned_run(_finished_run, tmp_path_factory) -> Path:
+    """The finished run plus `pixpro finetune` for the pretrained backbone (fractions 0.5 and 1.0 of
+    the 4 train images, 3 steps each), with the paths left to default as dvc.yaml lays them out."""
+    run = Path(shutil.copytree(_finished_run, tmp_path_factory.mktemp("finetuned") / "run"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(run)
+        result = invoke("finetune", "--backbone", "pretrained")
+        assert result.exit_code == 0, result.output
+    assert (run / "models" / "finetune" / "pretrained.pt").is_file()
+    return run
+
+
+@pytest.fixture
+def finetuned_run(_finetuned_run, tmp_path, monkeypatch) -> Path:
+    return working_copy(_finetuned_run, tmp_path, monkeypatch)
+
+
+def test_the_fine_tuned_network_writes_a_label_map_per_image_at_its_own_size(finetuned_run):
+    sizes = street_frames(finetuned_run)
+    result = invoke("predict", "frames", "--out", "out", "--head", "finetune-100pct")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.stem for p in Path("out").glob("*.png")) == sorted(sizes)
+    for stem, (height, width) in sizes.items():
+        labels = Image.open(f"out/{stem}.png")
+        assert labels.mode == "L" and labels.size == (width, height)
+        assert set(np.unique(np.asarray(labels))) <= set(range(K))
+        assert Image.open(f"out/{OVERLAYS}/{stem}.png").size[0] > 0
+    assert "pretrained finetune-100pct: 6 label maps -> out" in result.output
+
+
+def test_the_fine_tuned_network_predicts_what_its_val_scoring_predicted(finetuned_run):
+    """At data.size, predict must label a val image exactly as fine-tuning's val scoring
+    (score_segmenter: prepared images, the network's argmax) did."""
+    import torch
+
+    from pixpro.features import labelled_batches
+    from pixpro.finetuned_file import read_finetuned
+
+    rows = split_rows(Path("data/prepared"), "val")
+    result = invoke("predict", *rows["image"], "--out", "out", "--no-overlays", "--head", "finetune-100pct")
+    assert result.exit_code == 0, result.output
+    network = read_finetuned(Path("models/finetune/pretrained.pt"))
+    with torch.no_grad():
+        scored = torch.cat([network.model(batch.image).argmax(1) for batch in labelled_batches(rows, 2)])
+    for image, expected in zip(rows["image"], scored.numpy()):
+        mine = np.asarray(Image.open(Path("out") / f"{Path(image).stem}.png"))
+        assert np.array_equal(mine, expected.astype(np.uint8)), image
+    assert len(np.unique(scored.numpy())) > 1  # a trained network, not a constant map
+
+
+def test_a_network_fine_tuned_on_part_of_the_labels_names_the_missing_fraction(finetuned_run):
+    import torch
+
+    street_frames(finetuned_run)
+    path = Path("models/finetune/pretrained.pt")
+    saved = torch.load(path, weights_only=False)
+    torch.save({**saved, "fraction": 0.5}, path)  # what finetune keeps when label_fractions has no 1.0
+    result = invoke("predict", "frames", "--out", "out", "--head", "finetune-100pct")
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
-    assert "keeps no trained network" in result.output and "use --head probe" in result.output
+    assert ("holds the network fine-tuned on 50% of the labels, not 100%: finetune.label_fractions had no 1.0"
+            in result.output)
+
+
+def test_the_fine_tuned_head_of_a_run_without_one_says_what_to_run(finished_run):
+    street_frames(finished_run)
+    result = invoke("predict", "frames", "--out", "out", "--head", "finetune-100pct", "--backbone", "random")
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "models/finetune/random.pt not found: run `dvc repro finetune` first" in result.output
 
 
 def test_inputs_named_alike_or_missing(tmp_path):
