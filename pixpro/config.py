@@ -149,6 +149,8 @@ class LossConfig:
     consistency: float = 0.0  # measured better off (docs/method.md, docs/results.md)
     contrast: float = 1.0
     temperature: float = 0.2
+    # Whose keys are the InfoNCE's negatives: every pair's in the batch, or the query's own image's only.
+    negatives: Literal["batch", "image"] = "batch"
     coarse: float = 0.0
     coarse_stride: int = 8
     # Pixel InfoNCE on coarser decoder stages, each with pairs on its own grid (mean over stages).

@@ -28,7 +28,8 @@ def pixpro_pair_loss(online1: Tensor, target2: Tensor, online2: Tensor, target1:
 
 
 def pixel_contrast_loss(query1: Tensor, key2: Tensor, query2: Tensor, key1: Tensor, valid: Tensor,
-                        same_place: Tensor, temperature: float, normaliser: Optional[Tensor] = None) -> Tensor:
+                        same_place: Tensor, temperature: float, normaliser: Optional[Tensor] = None,
+                        same_image_negatives: bool = False) -> Tensor:
     """Symmetric pixel InfoNCE over positive pairs with in-batch negatives (PixContrast, DenseCL).
 
     query1, key1: (B, P, D) at the pairs' view-1 pixels; query2, key2: (B, P, D) at their view-2
@@ -36,6 +37,8 @@ def pixel_contrast_loss(query1: Tensor, key2: Tensor, query2: Tensor, key1: Tens
     valid key of both views in the batch (2 * B * P candidates), and symmetrically for view 2.
     same_place (B, P, P) bool marks pairs p, q of one image that share a pixel (either view): their
     keys show the same place as the query's partner, so they are not counted as negatives.
+    `same_image_negatives` keeps only the keys of the query's own image (both views, 2 * P
+    candidates): a feature shared by a whole image then no longer lowers the loss.
 
     Returns the mean cross-entropy over valid queries (divided by 2 * `normaliser` when given, to
     match pixpro_pair_loss's DDP convention of one count per pair); scalar.
@@ -57,6 +60,9 @@ def pixel_contrast_loss(query1: Tensor, key2: Tensor, query2: Tensor, key1: Tens
     # block (B, P, 2, B, P) -> columns in (view, image, pair) order: (B, P, 2BP); same for both query views.
     drop = block.reshape(batch, num, 2 * batch * num).repeat(2, 1, 1).flatten(0, 1)  # (2BP, 2BP)
     drop |= ~valid.repeat(2, 1).flatten()[None, :]
+    if same_image_negatives:
+        image_of = (rows // num) % batch  # (2BP,): rows and columns share the (view, image, pair) order
+        drop |= image_of[:, None] != image_of[None, :]
     drop[rows, positive] = False
     logits = logits.masked_fill(drop, float("-inf"))
 

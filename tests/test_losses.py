@@ -138,3 +138,22 @@ def test_all_terms_off_and_a_stride_that_does_not_fit_are_clear_errors():
         params_from_dict(tiny_params({"pretrain.loss.consistency": 0.0, "pretrain.loss.contrast": 0.0}))
     with pytest.raises(ConfigError, match=r"coarse_stride = 48 must divide the view size"):
         params_from_dict(tiny_params({"pretrain.loss.coarse": 1.0, "pretrain.loss.coarse_stride": 48}))
+
+
+def test_same_image_negatives_drop_the_other_images_keys():
+    # Two images, one pair each, on the same direction E1. With the batch's negatives the other
+    # image's two keys compete with the positive (log 3, as above); with the image's own only, the
+    # positive is the sole candidate left (own-view key of the same place dropped): loss 0.
+    queries = torch.stack([E1[None], E1[None]])  # (2, 1, 3)
+    valid = torch.ones(2, 1, dtype=torch.bool)
+    batch = pixel_contrast_loss(queries, queries, queries, queries, valid, diagonal_same_place(2, 1), 1.0)
+    own = pixel_contrast_loss(queries, queries, queries, queries, valid, diagonal_same_place(2, 1), 1.0,
+                              same_image_negatives=True)
+    assert batch.item() == pytest.approx(math.log(3), rel=1e-6)
+    assert own.item() == pytest.approx(0.0, abs=1e-6)
+    # Two pairs per image on orthogonal directions: the image's own other pair stays a negative,
+    # whichever image holds it (hand-computed: one positive at cos 1, two negatives at cos 0).
+    two = torch.stack([E1, E2])[None].expand(2, 2, 3)  # (2, 2, 3)
+    loss = pixel_contrast_loss(two, two, two, two, torch.ones(2, 2, dtype=torch.bool), diagonal_same_place(2, 2),
+                               0.5, same_image_negatives=True)
+    assert loss.item() == pytest.approx(math.log(1 + 2 * math.exp(-1 / 0.5)), rel=1e-6)

@@ -238,13 +238,14 @@ class PixPro(nn.Module):
     def contrast_loss(self, online: Tensor, target: Tensor, pairs: PixelPairs,
                       normaliser: Optional[Tensor] = None) -> Tensor:
         """online, target (2B, P, D), view 1 first -> pixel InfoNCE (scalar); negatives are
-        the other pairs' targets of both views in the batch."""
+        the other pairs' targets of both views in the batch, or in the same image
+        (loss.negatives: image)."""
         online1, online2 = online.float().chunk(2)
         target1, target2 = target.chunk(2)
         same_place = (pairs.index1[:, :, None] == pairs.index1[:, None, :]) \
             | (pairs.index2[:, :, None] == pairs.index2[:, None, :])  # (B, P, P)
         return pixel_contrast_loss(online1, target2, online2, target1, pairs.valid, same_place,
-                                   self.loss_cfg.temperature, normaliser)
+                                   self.loss_cfg.temperature, normaliser, self.loss_cfg.negatives == "image")
 
     @torch.no_grad()
     def diagnostics(self, online_map: Tensor, online: Tensor, target: Tensor, pairs: PixelPairs) -> Diagnostics:
