@@ -12,7 +12,7 @@ from pixpro.config import LossConfig
 from pixpro.errors import ConfigError
 from pixpro.geometry import PixelPairs
 from pixpro.losses import image_contrast_loss, image_partner_gap, pixel_contrast_loss
-from pixpro.model.pixpro import LossTerms, PixPro, StagePairs
+from pixpro.model.pixpro import LossTerms, PixPro, StagePairs, between_group_share
 from tests.conftest import make_params, run_pretrain, tiny_pretrain_config
 
 E1, E2, E3 = torch.eye(3)
@@ -121,6 +121,7 @@ def test_loss_terms_are_logged_by_name_and_throughput_stays_out_of_the_metrics(p
         assert f"loss_{name}" in summary
     assert summary["loss_stages"] > 0 and summary["loss_image"] > 0
     assert "stage_partner_gap" in summary and "image_partner_gap" in summary
+    assert 0.0 <= summary["coarse_image_share"] <= 1.0
     assert "images_per_s" not in summary
     curve = (tmp_path / "live" / "plots" / "metrics" / "train" / "images_per_s.tsv").read_text().splitlines()
     assert curve[0] == "step\timages_per_s" and len(curve) == 1 + result.steps
@@ -135,3 +136,27 @@ def test_loss_terms_are_logged_by_name_and_throughput_stays_out_of_the_metrics(p
 def test_bad_stage_and_image_settings_are_refused(override, match):
     with pytest.raises(ConfigError, match=match):
         make_params(**override)
+
+
+def test_between_group_share_is_zero_for_alike_groups_and_one_for_constant_groups():
+    alike = torch.stack([E1, E2, E1, E2])  # (4, 3): groups 0 and 1 hold the same two directions
+    assert between_group_share(alike, torch.tensor([0, 0, 1, 1])).item() == pytest.approx(0.0, abs=1e-6)
+    constant = torch.stack([E1, E1, E2, E2])  # each group one point
+    assert between_group_share(constant, torch.tensor([0, 0, 1, 1])).item() == pytest.approx(1.0, abs=1e-6)
+    # By hand: overall mean (0.75, 0.25, 0); squared distances 0.125, 1.125, 0.125, 0.125 (total 1.5);
+    # group means (0.5, 0.5, 0) and E1, each 0.125 from it, twice each (between 0.5): share 1/3.
+    mixed = torch.stack([E1, E2, E1, E1])
+    assert between_group_share(mixed, torch.tensor([0, 0, 1, 1])).item() == pytest.approx(1 / 3, rel=1e-6)
+
+
+def test_diagnosing_steps_report_the_coarse_stage_image_share_without_changing_the_loss():
+    cfg = tiny_pretrain_config()
+    torch.manual_seed(0)
+    model = PixPro(cfg).train()
+    generator = torch.Generator().manual_seed(1)
+    views = torch.randn(4, 3, *cfg.views.size, generator=generator)
+    pairs = fine_pairs(4, generator, 8 * 12)
+    plain = model(views, views.flip(0), pairs)
+    diagnosed = model(views, views.flip(0), pairs, diagnose=True)
+    assert diagnosed.total.item() == plain.total.item()
+    assert 0.0 <= diagnosed.diagnostics.coarse_image_share.item() <= 1.0

@@ -45,6 +45,9 @@ class Diagnostics(NamedTuple):
     effective_rank: Tensor  # exp(entropy) of those features' normalised singular values, in [1, C]
     stage_partner_gap: Optional[Tensor] = None  # partner_gap of the stage term, mean over its stages
     image_partner_gap: Optional[Tensor] = None  # cos(query, own image's key) - cos(query, another image's key)
+    # Share of the coarsest decoder stage's variance that lies between images, in [0, 1]: an image
+    # signature there lowers an InfoNCE with other images' negatives, and a pixel's class probe cannot use it.
+    coarse_image_share: Optional[Tensor] = None
 
 
 class StagePairs(NamedTuple):
@@ -71,6 +74,18 @@ def pair_partner_gap(online: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     if not valid.any() or not other_valid.any():
         return online.new_zeros(())
     return (online * partner).sum(-1)[valid].mean() - (online * other).sum(-1)[other_valid].mean()
+
+
+@torch.no_grad()
+def between_group_share(features: Tensor, groups: Tensor) -> Tensor:
+    """features (N, C), groups (N,) int ids -> between-group sum of squares over the total sum of
+    squares around the mean of the unit-length features (): 0 when every group looks alike, 1 when
+    each group is a single point."""
+    unit = F.normalize(features.float(), dim=1)
+    centred = unit - unit.mean(dim=0)
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    sums = centred.new_zeros(len(counts), unit.shape[1]).index_add_(0, inverse, centred)  # (G, C)
+    return (sums.pow(2).sum(dim=1) / counts).sum() / centred.pow(2).sum().clamp(min=1e-12)
 
 
 def gather_pixels(features: Tensor, flat_index: Tensor) -> Tensor:
@@ -102,6 +117,7 @@ class PixPro(nn.Module):
         loss = cfg.loss
         channels = cfg.backbone.stage_channels
         self.stage_layers = tuple(loss.stage_layers) if loss.stages > 0 else ()
+        self.coarsest = -len(channels)  # as probe.layers: the first decoder stage
         self.stage_projectors = nn.ModuleDict({
             str(layer): Projector(channels[layer], proj.hidden, proj.out) for layer in self.stage_layers})
         self.image_projector = Projector(self.backbone.encoder_channels, proj.hidden, proj.out) \
@@ -135,7 +151,9 @@ class PixPro(nn.Module):
         `diagnose` adds Diagnostics."""
         views = torch.cat([views1, views2])  # (2B, 3, h, w)
         sizes = self.bn_groups(len(views))  # one backbone call per network, or per view and network
-        online = self._tapped(self.backbone, views, sizes)  # output (2B, C, h, w) + stages + encoder top
+        # The coarsest stage is tapped on diagnosing steps too, for coarse_image_share.
+        extra = (self.coarsest,) if diagnose and self.coarsest not in self.stage_layers else ()
+        online = self._tapped(self.backbone, views, sizes, extra)  # output (2B, C, h, w) + stages + encoder top
         with torch.no_grad():
             target = self._tapped(self.target_backbone, views, sizes)
         terms = self.loss_from_maps(online.output, target.output, pairs, normaliser, coarse_pairs, diagnose)
@@ -151,17 +169,24 @@ class PixPro(nn.Module):
             image, image_gap = self._image_term(online.encoder_top, target.encoder_top, diagnose)
             total = total + self.loss_cfg.image * image
         if diagnostics is not None:
-            diagnostics = diagnostics._replace(stage_partner_gap=stage_gap, image_partner_gap=image_gap)
+            coarse = online.stages[self.coarsest].detach()  # (2B, C_1, h / 16, w / 16)
+            # One group per view: each view is a sample of its image's content.
+            view_of_bin = torch.arange(len(coarse), device=coarse.device).repeat_interleave(coarse[0, 0].numel())
+            share = between_group_share(coarse.permute(0, 2, 3, 1).flatten(0, 2), view_of_bin)
+            diagnostics = diagnostics._replace(stage_partner_gap=stage_gap, image_partner_gap=image_gap,
+                                               coarse_image_share=share)
         return terms._replace(total=total, stages=stages.detach(), image=image.detach(), diagnostics=diagnostics)
 
-    def _tapped(self, backbone: nn.Module, views: Tensor, sizes: list[int]) -> TappedMaps:
-        """forward_tapped over consecutive BatchNorm groups of `views` (2B, 3, h, w), concatenated."""
+    def _tapped(self, backbone: nn.Module, views: Tensor, sizes: list[int], extra: tuple[int, ...] = ()) -> TappedMaps:
+        """forward_tapped over consecutive BatchNorm groups of `views` (2B, 3, h, w), concatenated;
+        `extra` stages are tapped beside the stage term's."""
         wants_top = self.image_projector is not None
-        parts = [forward_tapped(backbone, group, self.stage_layers, wants_top) for group in views.split(sizes)]
+        layers = (*self.stage_layers, *extra)
+        parts = [forward_tapped(backbone, group, layers, wants_top) for group in views.split(sizes)]
         if len(parts) == 1:
             return parts[0]
         return TappedMaps(torch.cat([p.output for p in parts]),
-                          {layer: torch.cat([p.stages[layer] for p in parts]) for layer in self.stage_layers},
+                          {layer: torch.cat([p.stages[layer] for p in parts]) for layer in layers},
                           torch.cat([p.encoder_top for p in parts]) if wants_top else None)
 
     def _stage_term(self, online: TappedMaps, target: TappedMaps, stage_pairs: tuple[StagePairs, ...],
