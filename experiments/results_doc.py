@@ -244,6 +244,70 @@ def layers_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[s
             *table(["data", "`probe.layers`", "Δ pretrained [95%]", "Δ random [95%]", "Δ gain [95%]"], paired)]
 
 
+STAGE_NAMES = {"-5": "1/16 res", "-4": "1/8 res", "-3": "1/4 res", "-2": "1/2 res", "-1": "output", "all": "all five"}
+
+
+def stage_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
+    """stage_diagnostics.py rows (data, setting, seed, backbone, bn, stage, miou, image_share,
+    class_share, ...): per data, setting and stage over seeds, pretrained against random."""
+    frame = frame.assign(stage=frame["stage"].astype(str))
+    recalibrated = frame[frame["bn"] == "recalibrated"]
+    frame = frame[frame["bn"] == "as_saved"]
+    names = study.get("data_names", {})
+    rows, paired = [], []
+    # The baseline first, then the settings in the order they were measured.
+    order = sorted(dict.fromkeys(zip(frame["data"], frame["setting"])), key=lambda key: key[1] != "default")
+    for data, setting in order:
+        group = frame[(frame["data"] == data) & (frame["setting"] == setting)]
+        wide = group.pivot_table(index=["stage", "seed"], columns="backbone",
+                                 values=["miou", "image_share", "class_share"]).reset_index()
+        if setting != "default":
+            paired += stage_pairs_against_default(frame, data, setting, names)
+        for stage in [s for s in STAGE_NAMES if s in set(wide["stage"])]:
+            at = wide[wide["stage"] == stage]
+            seeds = at["seed"].tolist()
+            where = provenance(study, setting, int(seeds[0]))
+            gain = at[("miou", "pretrained")] - at[("miou", "random")]
+            rows.append([names.get(data, data), f"`{setting}`", seeds_of(seeds), STAGE_NAMES[stage],
+                         points(summarize(at[("miou", "pretrained")])), points(summarize(at[("miou", "random")])),
+                         interval(summarize(gain)),
+                         f"{at[('image_share', 'pretrained')].mean():.3f} / {at[('image_share', 'random')].mean():.3f}",
+                         f"{at[('class_share', 'pretrained')].mean():.3f} / {at[('class_share', 'random')].mean():.3f}",
+                         where.get("date", "—"), machine_name(spec, where.get("machine")), where.get("threads", "—")])
+    lines = table(["data", "setting", "seeds", "stage", "pretrained", "random", "gain [95%]",
+                   "image share (pre / rand)", "class share (pre / rand)", "date", "machine", "threads"], rows)
+    if paired:
+        lines += ["", "Each setting's gain minus `default`'s, paired by seed (points; the random "
+                      "baseline is shared by a seed's settings):", "",
+                  *table(["data", "setting", "shared seeds", "stage", "Δ gain [95%]"], paired)]
+    if recalibrated.empty:
+        return lines
+    keys = ["data", "setting", "seed", "backbone", "stage"]
+    both = recalibrated.merge(frame, on=keys, suffixes=("_recal", ""))
+    bn_rows = [[names.get(r.data, r.data), f"`{r.setting}`", r.seed, r.backbone, STAGE_NAMES[r.stage],
+                f"{100 * r.miou:.1f}", f"{100 * r.miou_recal:.1f}"] for r in both.itertuples()]
+    return [*lines, "", "BatchNorm running statistics re-estimated on the prepared train images "
+                        "(`recalibrated`) against those the file holds (probe mIoU, points):", "",
+            *table(["data", "setting", "seed", "backbone", "stage", "as saved", "recalibrated"], bn_rows)]
+
+
+def stage_pairs_against_default(frame: pd.DataFrame, data: str, setting: str,
+                                names: Mapping[str, str]) -> list[list[Any]]:
+    """Rows of Δ gain (setting − default, paired by seed) at the 1/16 stage, the output and all stages."""
+    def gains(name: str) -> pd.DataFrame:
+        rows = frame[(frame["data"] == data) & (frame["setting"] == name)]
+        wide = rows.pivot_table(index=["stage", "seed"], columns="backbone", values="miou")
+        return (wide["pretrained"] - wide["random"]).unstack("stage")  # (seed, stage)
+
+    mine, base = gains(setting), gains("default")
+    shared = sorted(set(mine.index) & set(base.index))
+    if not shared:
+        return []
+    return [[names.get(data, data), f"`{setting}`", seeds_of(shared), STAGE_NAMES[stage],
+             interval(summarize(paired_differences(mine.loc[shared, stage], base.loc[shared, stage])))]
+            for stage in ("-5", "-1", "all") if stage in mine.columns and stage in base.columns]
+
+
 def reproduce(name: str, study: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
     """The commands behind a study: its own script, or each setting queued as DVC experiments over
     the study's seeds, and `pixpro compare` on the committed rows."""
@@ -267,13 +331,15 @@ def reproduce(name: str, study: Mapping[str, Any], frame: pd.DataFrame) -> list[
 
 
 def study_section(results: Path, name: str, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
-    frame = (pd.read_csv(results / f"{name}.csv") if study.get("kind") == "probe_layers"
+    frame = (pd.read_csv(results / f"{name}.csv") if study.get("kind") in ("probe_layers", "stage_diagnostics")
              else read_runs(results, name))
     lines = [f"## {study['title']}", "", study.get("about", "").strip(), "",
              f"Rows: [`experiments/results/{name}.csv`](../experiments/results/{name}.csv).", "",
              *reproduce(name, study, frame), ""]
     if study.get("kind") == "probe_layers":
         lines += layers_tables(frame, study, spec)
+    elif study.get("kind") == "stage_diagnostics":
+        lines += stage_tables(frame, study, spec)
     else:
         lines += ["Over seeds (points):", "", *settings_table(frame), ""]
         if study.get("baseline"):

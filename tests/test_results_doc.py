@@ -95,6 +95,36 @@ def test_tables_match_hand_computed_statistics(results_doc, tiny):
             "--metric finetune.miou_5pct --metric finetune.miou_100pct") in text
 
 
+def test_stage_diagnostics_table_matches_hand_computed_means(results_doc):
+    import pandas as pd
+    columns = ["data", "setting", "seed", "backbone", "bn", "stage", "miou", "image_share", "class_share"]
+    rows = [["syn", "default", seed, backbone, bn, stage, miou, image, klass]
+            for seed in (0, 1)
+            for backbone, miou, image, klass in (("pretrained", 0.15, 0.30, 0.08), ("random", 0.18, 0.06, 0.20))
+            for bn in ("as_saved", "recalibrated")
+            for stage in ("-5", "all")]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame.loc[(frame["seed"] == 1) & (frame["backbone"] == "pretrained"), "miou"] += 0.02
+    frame.loc[frame["bn"] == "recalibrated", "miou"] = 0.99  # tabled apart, beside the as-saved score
+    study = {"data_names": {"syn": "synthetic"}, "provenance": [{"date": "2026-01-01", "machine": "box", "threads": 2}]}
+    spec = {"machines": {"box": "a box"}}
+    text = "\n".join(results_doc.stage_tables(frame, study, spec))
+    # Pretrained 15, 17 points (mean 16, std 1.4); random 18, 18; gains -3, -1: mean -2, half 12.706 * 1 / 1.
+    assert line_starting(text, "| synthetic | `default` | 0,1 | 1/16 res |") == (
+        "| synthetic | `default` | 0,1 | 1/16 res | 16.0 ± 1.4 | 18.0 ± 0.0 | -2.0 ± 1.4 [-14.7, +10.7] "
+        "| 0.300 / 0.060 | 0.080 / 0.200 | 2026-01-01 | `box` | 2 |")
+    assert "| all five |" in text
+    assert line_starting(text, "| synthetic | `default` | 1 | pretrained | 1/16 res |") == (
+        "| synthetic | `default` | 1 | pretrained | 1/16 res | 17.0 | 99.0 |")
+    assert "99.0 ±" not in text
+    # Another setting of seed 1 only: its gain (21 - 18 = +3) minus default's seed-1 gain (-1) = +4.0.
+    other = frame[(frame["seed"] == 1) & (frame["bn"] == "as_saved")].assign(setting="new")
+    other.loc[other["backbone"] == "pretrained", "miou"] = 0.21
+    text = "\n".join(results_doc.stage_tables(pd.concat([other, frame]), study, spec))
+    assert text.index("| synthetic | `default` |") < text.index("| synthetic | `new` |")  # the baseline first
+    assert line_starting(text, "| synthetic | `new` | 1 | 1/16 res | +4.0") == "| synthetic | `new` | 1 | 1/16 res | +4.0 ± n/a |"
+
+
 def test_readme_blocks_are_replaced_in_place(results_doc, tiny, tmp_path):
     metrics = tmp_path / "metrics"
     for kind, key, scores in (("segmentation", "miou", (0.2, 0.1)), ("retrieval", "knn_miou", (0.3, 0.25)),

@@ -1,0 +1,156 @@
+"""Why do the coarse decoder stages probe worse after pretraining? Per-stage evidence, in one process.
+
+For the pretrained backbone of a finished pipeline folder and its random-init twin, and for each
+BatchNorm treatment (`as_saved`: the running statistics the file holds; `recalibrated`: running
+statistics re-estimated by a forward pass in train mode over the prepared train images at the
+prepared size, nothing else changed), it measures per decoder stage (-5 = 1/16 res ... -1 = the
+output) and for all stages together:
+
+- the linear probe's val mIoU (the probe fitted on the class-balanced train bank, as `pixpro
+  probe`; scored on every val pixel, as `pixpro evaluate`);
+- the effective rank (RankMe) of the stage's unit-length features on the train bank;
+- the share of the unit-length features' variance that lies between images (the per-image means'
+  spread over the total), and the share between classes: an image signature (constant within an
+  image) helps InfoNCE tell other images' pixels apart, yet a per-pixel class probe cannot use it;
+  with the total variance (mean squared distance of the unit-length features from their mean), so
+  that a share that rises because the within-image spread fell can be told from a growing signature;
+- the spread of the stage's raw (pre-normalisation) activations: the mean over channels of the
+  per-channel std, over the mean per-channel |mean| (a small value means a shared offset dominates).
+
+One CSV row per (backbone, bn, stage), appended to `--out` as measured.
+
+    OMP_NUM_THREADS=2 .venv/bin/python experiments/stage_diagnostics.py --folder /tmp/run \\
+        --data synthetic --setting default --out experiments/results/stage_diagnostics.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from pixpro.config import load_params
+from pixpro.data.classes import load_prepared_classes
+from pixpro.features import DecoderStages, extract_bank, labelled_batches, load_frozen_backbone, split_rows
+from pixpro.metrics import ConfusionAccumulator, mean_iou
+from pixpro.model.backbone import decoder_stage_modules
+from pixpro.model.pixpro import between_group_share
+from pixpro.probe import fit_probe
+
+COLUMNS = ["data", "setting", "seed", "backbone", "bn", "stage", "miou", "effective_rank", "total_variance", "image_share", "class_share",
+           "activation_spread", "seconds"]
+STAGES = (-5, -4, -3, -2, -1)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(backbone: nn.Module, rows, batch_size: int) -> nn.Module:
+    """A copy of `backbone` whose BatchNorm running statistics are the plain average over the
+    prepared train images (momentum None), at the size the probe sees them."""
+    model = copy.deepcopy(backbone)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    for batch in labelled_batches(rows, batch_size, description="recalibrate BatchNorm"):
+        model(batch.image)
+    return model.eval()
+
+
+def effective_rank(features: Tensor) -> float:
+    """(N, C) -> exp(entropy of the normalised singular values) (RankMe, Garrido et al. 2023)."""
+    singular = torch.linalg.svdvals(F.normalize(features.float(), dim=1))
+    share = singular / singular.sum().clamp(min=1e-12)
+    return float(torch.exp(-(share * torch.log(share.clamp(min=1e-12))).sum()))
+
+
+def stage_slices(channels: list[int]) -> dict[int, slice]:
+    """Column range of each stage in DecoderStages' concatenation over STAGES."""
+    slices, start = {}, 0
+    for stage in STAGES:
+        width = channels[stage]
+        slices[stage] = slice(start, start + width)
+        start += width
+    return slices
+
+
+@torch.no_grad()
+def raw_spread(backbone: nn.Module, rows, batch_size: int, stage: int) -> float:
+    """Mean per-channel std over mean per-channel |mean| of the raw stage map on a few val images."""
+    keep = {}
+    handle = decoder_stage_modules(backbone)[len(STAGES) + stage].register_forward_hook(
+        lambda module, inputs, output: keep.__setitem__("map", output.float()))
+    batch = next(iter(labelled_batches(rows, batch_size, description="spread")))
+    backbone(batch.image)
+    handle.remove()
+    values = keep["map"].transpose(0, 1).flatten(1)  # (C, B * h * w)
+    return float(values.std(dim=1).mean() / values.mean(dim=1).abs().mean().clamp(min=1e-12))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, required=True)
+    parser.add_argument("--data", required=True, help="a name for the dataset, e.g. synthetic or idd")
+    parser.add_argument("--setting", required=True, help="a name for the run's params, e.g. default")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--backbones", nargs="+", choices=("pretrained", "random"), default=["pretrained", "random"],
+                        help="random: the same for every setting of a seed, so measure it once")
+    parser.add_argument("--bn", nargs="+", choices=("as_saved", "recalibrated"), default=["as_saved"])
+    args = parser.parse_args()
+
+    folder = args.folder.resolve()
+    params = load_params(folder / "params.yaml")
+    prepared = folder / "data" / "prepared"
+    train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
+    num_classes = load_prepared_classes(prepared).num_classes
+    channels = list(params.pretrain.backbone.stage_channels)
+    slices = stage_slices(channels)
+    new_file = not args.out.is_file()
+    device = torch.device("cpu")
+    for kind in args.backbones:
+        base = load_frozen_backbone(kind, params, folder / "models" / "backbone.pt")
+        for bn in args.bn:
+            start = time.perf_counter()
+            backbone = base if bn == "as_saved" else recalibrate_batchnorm(base, train, params.extract.batch_size)
+            model = DecoderStages(backbone, tuple(len(STAGES) + 1 + stage for stage in STAGES))
+            bank = extract_bank(model, train, params.extract, params.seed, device, num_classes)
+            classes = num_classes
+            probes = {}
+            for stage, cols in [*slices.items(), ("all", slice(None))]:
+                feats = F.normalize(bank.features[:, cols].float(), dim=1)
+                probes[stage] = (cols, fit_probe(feats, bank.labels.long(), classes, params.probe).probe)
+            scores = {stage: ConfusionAccumulator(classes) for stage in probes}
+            for batch in labelled_batches(val, params.evaluate.batch_size, description="score val"):
+                maps = model(batch.image)  # (B, sum C, H, W)
+                for stage, (cols, probe) in probes.items():
+                    feats = F.normalize(maps[:, cols], dim=1).permute(0, 2, 3, 1)  # (B, H, W, C_l)
+                    scores[stage].update(probe(feats).argmax(-1), batch.mask)
+            seconds = time.perf_counter() - start
+            with open(args.out, "a", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+                if new_file:
+                    writer.writeheader()
+                    new_file = False
+                for stage, (cols, _) in probes.items():
+                    unit = F.normalize(bank.features[:, cols].float(), dim=1)
+                    row = {"data": args.data, "setting": args.setting, "seed": params.seed, "backbone": kind, "bn": bn, "stage": stage,
+                           "miou": mean_iou(scores[stage].conf), "effective_rank": effective_rank(unit),
+                           "total_variance": float((unit - unit.mean(dim=0)).pow(2).sum(dim=1).mean()),
+                           "image_share": float(between_group_share(unit, bank.image_index.long())),
+                           "class_share": float(between_group_share(unit, bank.labels.long())),
+                           "activation_spread": raw_spread(backbone, val, 4, stage) if stage != "all" else "",
+                           "seconds": round(seconds, 1)}
+                    writer.writerow(row)
+                    print(f"{kind:>10} {bn:>12} {stage!s:>4} mIoU {row['miou'] * 100:6.2f} "
+                          f"rank {row['effective_rank']:6.1f} var {row['total_variance']:.3f} image {row['image_share']:.3f} "
+                          f"class {row['class_share']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
