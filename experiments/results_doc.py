@@ -273,7 +273,8 @@ def stage_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[st
                          interval(summarize(gain)),
                          f"{at[('image_share', 'pretrained')].mean():.3f} / {at[('image_share', 'random')].mean():.3f}",
                          f"{at[('class_share', 'pretrained')].mean():.3f} / {at[('class_share', 'random')].mean():.3f}",
-                         where.get("date", "—"), machine_name(spec, where.get("machine")), where.get("threads", "—")])
+                         where.get("date", "—"), machine_name(spec, where.get("machine")),
+                         where.get("threads", "—")])
     lines = table(["data", "setting", "seeds", "stage", "pretrained", "random", "gain [95%]",
                    "image share (pre / rand)", "class share (pre / rand)", "date", "machine", "threads"], rows)
     if paired:

@@ -10,10 +10,10 @@ output) and for all stages together:
   probe`; scored on every val pixel, as `pixpro evaluate`);
 - the effective rank (RankMe) of the stage's unit-length features on the train bank;
 - the share of the unit-length features' variance that lies between images (the per-image means'
-  spread over the total), and the share between classes: an image signature (constant within an
-  image) helps InfoNCE tell other images' pixels apart, yet a per-pixel class probe cannot use it;
-  with the total variance (mean squared distance of the unit-length features from their mean), so
-  that a share that rises because the within-image spread fell can be told from a growing signature;
+  spread over the total), and the share between classes: a per-pixel class probe cannot use an
+  image signature (constant within an image); with the total variance (mean squared distance of
+  the unit-length features from their mean), so that a share that rises because the within-image
+  spread fell can be told from a growing signature;
 - the spread of the stage's raw (pre-normalisation) activations: the mean over channels of the
   per-channel std, over the mean per-channel |mean| (a small value means a shared offset dominates).
 
@@ -43,8 +43,8 @@ from pixpro.model.backbone import decoder_stage_modules
 from pixpro.model.pixpro import between_group_share
 from pixpro.probe import fit_probe
 
-COLUMNS = ["data", "setting", "seed", "backbone", "bn", "stage", "miou", "effective_rank", "total_variance", "image_share", "class_share",
-           "activation_spread", "seconds"]
+COLUMNS = ["data", "setting", "seed", "backbone", "bn", "stage", "miou", "effective_rank", "total_variance",
+           "image_share", "class_share", "activation_spread", "seconds"]
 STAGES = (-5, -4, -3, -2, -1)
 
 
@@ -120,12 +120,11 @@ def main() -> None:
             backbone = base if bn == "as_saved" else recalibrate_batchnorm(base, train, params.extract.batch_size)
             model = DecoderStages(backbone, tuple(len(STAGES) + 1 + stage for stage in STAGES))
             bank = extract_bank(model, train, params.extract, params.seed, device, num_classes)
-            classes = num_classes
             probes = {}
             for stage, cols in [*slices.items(), ("all", slice(None))]:
                 feats = F.normalize(bank.features[:, cols].float(), dim=1)
-                probes[stage] = (cols, fit_probe(feats, bank.labels.long(), classes, params.probe).probe)
-            scores = {stage: ConfusionAccumulator(classes) for stage in probes}
+                probes[stage] = (cols, fit_probe(feats, bank.labels.long(), num_classes, params.probe).probe)
+            scores = {stage: ConfusionAccumulator(num_classes) for stage in probes}
             for batch in labelled_batches(val, params.evaluate.batch_size, description="score val"):
                 maps = model(batch.image)  # (B, sum C, H, W)
                 for stage, (cols, probe) in probes.items():
@@ -139,7 +138,8 @@ def main() -> None:
                     new_file = False
                 for stage, (cols, _) in probes.items():
                     unit = F.normalize(bank.features[:, cols].float(), dim=1)
-                    row = {"data": args.data, "setting": args.setting, "seed": params.seed, "backbone": kind, "bn": bn, "stage": stage,
+                    row = {"data": args.data, "setting": args.setting, "seed": params.seed, "backbone": kind,
+                           "bn": bn, "stage": stage,
                            "miou": mean_iou(scores[stage].conf), "effective_rank": effective_rank(unit),
                            "total_variance": float((unit - unit.mean(dim=0)).pow(2).sum(dim=1).mean()),
                            "image_share": float(between_group_share(unit, bank.image_index.long())),
@@ -148,8 +148,8 @@ def main() -> None:
                            "seconds": round(seconds, 1)}
                     writer.writerow(row)
                     print(f"{kind:>10} {bn:>12} {stage!s:>4} mIoU {row['miou'] * 100:6.2f} "
-                          f"rank {row['effective_rank']:6.1f} var {row['total_variance']:.3f} image {row['image_share']:.3f} "
-                          f"class {row['class_share']:.3f}", flush=True)
+                          f"rank {row['effective_rank']:6.1f} var {row['total_variance']:.3f} "
+                          f"image {row['image_share']:.3f} class {row['class_share']:.3f}", flush=True)
 
 
 if __name__ == "__main__":
