@@ -300,6 +300,8 @@ def stage_pairs_against_default(frame: pd.DataFrame, data: str, setting: str,
         wide = rows.pivot_table(index=["stage", "seed"], columns="backbone", values="miou")
         return (wide["pretrained"] - wide["random"]).unstack("stage")  # (seed, stage)
 
+    if not ((frame["data"] == data) & (frame["setting"] == "default")).any():
+        return []  # no baseline measured on this data
     mine, base = gains(setting), gains("default")
     shared = sorted(set(mine.index) & set(base.index))
     if not shared:
