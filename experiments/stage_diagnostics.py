@@ -39,7 +39,7 @@ from pixpro.config import load_params
 from pixpro.data.classes import load_prepared_classes
 from pixpro.features import DecoderStages, extract_bank, labelled_batches, load_frozen_backbone, split_rows
 from pixpro.metrics import ConfusionAccumulator, mean_iou
-from pixpro.model.backbone import decoder_stage_modules
+from pixpro.model.backbone import forward_tapped
 from pixpro.model.pixpro import between_group_share
 from pixpro.probe import fit_probe
 
@@ -63,11 +63,12 @@ def recalibrate_batchnorm(backbone: nn.Module, rows, batch_size: int) -> nn.Modu
     return model.eval()
 
 
-def effective_rank(features: Tensor) -> float:
-    """(N, C) -> exp(entropy of the normalised singular values) (RankMe, Garrido et al. 2023)."""
-    singular = torch.linalg.svdvals(F.normalize(features.float(), dim=1))
+def effective_rank(features: Tensor) -> Tensor:
+    """(N, C) unit-length features -> exp(entropy of the normalised singular values) (RankMe,
+    Garrido et al. 2023); the same as PixPro.diagnostics computes in training."""
+    singular = torch.linalg.svdvals(features.float())
     share = singular / singular.sum().clamp(min=1e-12)
-    return float(torch.exp(-(share * torch.log(share.clamp(min=1e-12))).sum()))
+    return torch.exp(-(share * torch.log(share.clamp(min=1e-12))).sum())
 
 
 def stage_slices(channels: list[int]) -> dict[int, slice]:
@@ -81,16 +82,16 @@ def stage_slices(channels: list[int]) -> dict[int, slice]:
 
 
 @torch.no_grad()
-def raw_spread(backbone: nn.Module, rows, batch_size: int, stage: int) -> float:
-    """Mean per-channel std over mean per-channel |mean| of the raw stage map on a few val images."""
-    keep = {}
-    handle = decoder_stage_modules(backbone)[len(STAGES) + stage].register_forward_hook(
-        lambda module, inputs, output: keep.__setitem__("map", output.float()))
+def raw_spreads(backbone: nn.Module, rows, batch_size: int) -> dict[int, float]:
+    """Per stage, mean per-channel std over mean per-channel |mean| of the raw stage map on the
+    first val batch (one tapped forward pass)."""
     batch = next(iter(labelled_batches(rows, batch_size, description="spread")))
-    backbone(batch.image)
-    handle.remove()
-    values = keep["map"].transpose(0, 1).flatten(1)  # (C, B * h * w)
-    return float(values.std(dim=1).mean() / values.mean(dim=1).abs().mean().clamp(min=1e-12))
+    maps = forward_tapped(backbone, batch.image, STAGES).stages  # stage -> (B, C, h, w)
+    spreads = {}
+    for stage, stage_map in maps.items():
+        values = stage_map.float().transpose(0, 1).flatten(1)  # (C, B * h * w)
+        spreads[stage] = float(values.std(dim=1).mean() / values.mean(dim=1).abs().mean().clamp(min=1e-12))
+    return spreads
 
 
 def main() -> None:
@@ -131,6 +132,7 @@ def main() -> None:
                     feats = F.normalize(maps[:, cols], dim=1).permute(0, 2, 3, 1)  # (B, H, W, C_l)
                     scores[stage].update(probe(feats).argmax(-1), batch.mask)
             seconds = time.perf_counter() - start
+            spreads = raw_spreads(backbone, val, 4)
             with open(args.out, "a", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=COLUMNS)
                 if new_file:
@@ -140,11 +142,11 @@ def main() -> None:
                     unit = F.normalize(bank.features[:, cols].float(), dim=1)
                     row = {"data": args.data, "setting": args.setting, "seed": params.seed, "backbone": kind,
                            "bn": bn, "stage": stage,
-                           "miou": mean_iou(scores[stage].conf), "effective_rank": effective_rank(unit),
+                           "miou": mean_iou(scores[stage].conf), "effective_rank": float(effective_rank(unit)),
                            "total_variance": float((unit - unit.mean(dim=0)).pow(2).sum(dim=1).mean()),
                            "image_share": float(between_group_share(unit, bank.image_index.long())),
                            "class_share": float(between_group_share(unit, bank.labels.long())),
-                           "activation_spread": raw_spread(backbone, val, 4, stage) if stage != "all" else "",
+                           "activation_spread": spreads.get(stage, ""),
                            "seconds": round(seconds, 1)}
                     writer.writerow(row)
                     print(f"{kind:>10} {bn:>12} {stage!s:>4} mIoU {row['miou'] * 100:6.2f} "
