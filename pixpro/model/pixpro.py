@@ -45,8 +45,8 @@ class Diagnostics(NamedTuple):
     effective_rank: Tensor  # exp(entropy) of those features' normalised singular values, in [1, C]
     stage_partner_gap: Optional[Tensor] = None  # partner_gap of the stage term, mean over its stages
     image_partner_gap: Optional[Tensor] = None  # cos(query, own image's key) - cos(query, another image's key)
-    # Share of the coarsest decoder stage's variance that lies between images, in [0, 1]: an image
-    # signature there lowers an InfoNCE with other images' negatives, and a pixel's class probe cannot use it.
+    # Share of the coarsest decoder stage's variance that lies between views, in [0, 1]: a per-image
+    # signature that a pixel's class probe cannot use (docs/method.md, "What pretraining does to each decoder stage").
     coarse_image_share: Optional[Tensor] = None
 
 
@@ -86,6 +86,14 @@ def between_group_share(features: Tensor, groups: Tensor) -> Tensor:
     _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
     sums = centred.new_zeros(len(counts), unit.shape[1]).index_add_(0, inverse, centred)  # (G, C)
     return (sums.pow(2).sum(dim=1) / counts).sum() / centred.pow(2).sum().clamp(min=1e-12)
+
+
+def effective_rank(features: Tensor) -> Tensor:
+    """features (N, C) -> exp(entropy of the normalised singular values) (), in [1, min(N, C)]:
+    RankMe (Garrido et al. 2023), a collapse to a few directions that a falling loss hides."""
+    singular = torch.linalg.svdvals(features.float())
+    share = singular / singular.sum().clamp(min=1e-12)
+    return torch.exp(-(share * torch.log(share.clamp(min=1e-12))).sum())
 
 
 def gather_pixels(features: Tensor, flat_index: Tensor) -> Tensor:
@@ -169,10 +177,11 @@ class PixPro(nn.Module):
             image, image_gap = self._image_term(online.encoder_top, target.encoder_top, diagnose)
             total = total + self.loss_cfg.image * image
         if diagnostics is not None:
-            coarse = online.stages[self.coarsest].detach()  # (2B, C_1, h / 16, w / 16)
+            coarsest_map = online.stages[self.coarsest].detach()  # (2B, C_1, h / 16, w / 16)
             # One group per view: each view is a sample of its image's content.
-            view_of_bin = torch.arange(len(coarse), device=coarse.device).repeat_interleave(coarse[0, 0].numel())
-            share = between_group_share(coarse.permute(0, 2, 3, 1).flatten(0, 2), view_of_bin)
+            view_of_bin = torch.arange(len(coarsest_map), device=coarsest_map.device) \
+                .repeat_interleave(coarsest_map[0, 0].numel())
+            share = between_group_share(coarsest_map.permute(0, 2, 3, 1).flatten(0, 2), view_of_bin)
             diagnostics = diagnostics._replace(stage_partner_gap=stage_gap, image_partner_gap=image_gap,
                                                coarse_image_share=share)
         return terms._replace(total=total, stages=stages.detach(), image=image.detach(), diagnostics=diagnostics)
@@ -280,11 +289,7 @@ class PixPro(nn.Module):
         valid = pairs.valid.repeat(2, 1)  # (2B, P)
         gap = pair_partner_gap(online, target, pairs.valid)
         features = F.normalize(gather_pixels(online_map, index).float(), dim=-1)[valid]  # (N, C)
-        feature_std = features.std(dim=0).mean()
-        singular = torch.linalg.svdvals(features)  # RankMe (Garrido et al. 2023)
-        share = singular / singular.sum().clamp(min=1e-12)
-        effective_rank = torch.exp(-(share * torch.log(share.clamp(min=1e-12))).sum())
-        return Diagnostics(gap, feature_std, effective_rank)
+        return Diagnostics(gap, features.std(dim=0).mean(), effective_rank(features))
 
     def project_target(self, target_map: Tensor, index: Tensor) -> Tensor:
         """target_map (2B, C, h, w), index (2B, P) -> target projections (2B, P, D), float32."""
