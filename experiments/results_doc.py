@@ -244,13 +244,33 @@ def layers_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[s
             *table(["data", "`probe.layers`", "Δ pretrained [95%]", "Δ random [95%]", "Δ gain [95%]"], paired)]
 
 
+# What a per-measurement row measured (the rest of its columns say what it is).
+MEASURED_COLUMNS = ("miou", "effective_rank", "total_variance", "image_share", "class_share", "activation_spread",
+                    "seconds", "images", "signature_variance", "r2_colour", "r2_classes", "r2_both")
+# Studies whose CSV holds one row per measurement, not one per run (read as they are).
+ROW_PER_MEASUREMENT_KINDS = ("probe_layers", "stage_diagnostics", "image_signature")
 STAGE_NAMES = {"-5": "1/16 res", "-4": "1/8 res", "-3": "1/4 res", "-2": "1/2 res", "-1": "output", "all": "all five"}
+
+
+def with_shared_random(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of per-measurement studies with the random-init twin's rows copied to every setting of
+    the same data and seed that lacks them: the twin depends only on the seed, so a script measures
+    it once per seed (`--backbones pretrained` for the other settings)."""
+    keys = ["data", "setting", "seed"]
+    random = frame[frame["backbone"] == "random"]
+    measured = set(map(tuple, random[keys].drop_duplicates().to_numpy()))
+    twins = random.drop_duplicates([c for c in random.columns if c not in ("setting", *MEASURED_COLUMNS)])
+    copies = []
+    for data, setting, seed in frame[keys].drop_duplicates().itertuples(index=False):
+        if (data, setting, seed) not in measured:
+            copies.append(twins[(twins["data"] == data) & (twins["seed"] == seed)].assign(setting=setting))
+    return pd.concat([frame, *copies], ignore_index=True) if copies else frame
 
 
 def stage_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
     """stage_diagnostics.py rows (data, setting, seed, backbone, bn, stage, miou, image_share,
     class_share, ...): per data, setting and stage over seeds, pretrained against random."""
-    frame = frame.assign(stage=frame["stage"].astype(str))
+    frame = with_shared_random(frame.assign(stage=frame["stage"].astype(str)))
     recalibrated = frame[frame["bn"] == "recalibrated"]
     frame = frame[frame["bn"] == "as_saved"]
     names = study.get("data_names", {})
@@ -290,6 +310,37 @@ def stage_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[st
     return [*lines, "", "BatchNorm running statistics re-estimated on the prepared train images "
                         "(`recalibrated`) against those the file holds (probe mIoU, points):", "",
             *table(["data", "setting", "seed", "backbone", "stage", "as saved", "recalibrated"], bn_rows)]
+
+
+def signature_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
+    """image_signature.py rows (data, setting, seed, backbone, stage, signature_variance, r2_colour,
+    r2_classes, r2_both): per data, setting and stage, means over seeds, pretrained against random."""
+    frame = with_shared_random(frame.assign(stage=frame["stage"].astype(str)))
+    names = study.get("data_names", {})
+    rows = []
+    order = sorted(dict.fromkeys(zip(frame["data"], frame["setting"])), key=lambda key: key[1] != "default")
+    for data, setting in order:
+        group = frame[(frame["data"] == data) & (frame["setting"] == setting)]
+        for stage in [s for s in STAGE_NAMES if s in set(group["stage"])]:
+            at = group[group["stage"] == stage]
+            mine, rand = at[at["backbone"] == "pretrained"], at[at["backbone"] == "random"]
+            where = provenance(study, setting, int(at["seed"].iloc[0]))
+
+            def pair(column: str, digits: int) -> str:
+                # + 0.0 turns a rounded -0.0 into 0.0
+                shown = [f"{round(part[column].mean(), digits) + 0.0:.{digits}f}" if len(part) else "—"
+                         for part in (mine, rand)]
+                return " / ".join(shown)
+
+            ratio = (f"{mine['signature_variance'].mean() / rand['signature_variance'].mean():.1f}×"
+                     if len(mine) and len(rand) else "—")
+            rows.append([names.get(data, data), f"`{setting}`", seeds_of(sorted(at["seed"].unique())),
+                         STAGE_NAMES[stage], pair("signature_variance", 4), ratio, pair("r2_colour", 2),
+                         pair("r2_classes", 2), pair("r2_both", 2), where.get("date", "—"),
+                         machine_name(spec, where.get("machine")), where.get("threads", "—")])
+    return table(["data", "setting", "seeds", "stage", "signature variance (pre / rand)", "pre ÷ rand",
+                  "R² colour (pre / rand)", "R² classes (pre / rand)", "R² both (pre / rand)", "date", "machine",
+                  "threads"], rows)
 
 
 def stage_pairs_against_default(frame: pd.DataFrame, data: str, setting: str,
@@ -334,7 +385,7 @@ def reproduce(name: str, study: Mapping[str, Any], frame: pd.DataFrame) -> list[
 
 
 def study_section(results: Path, name: str, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
-    frame = (pd.read_csv(results / f"{name}.csv") if study.get("kind") in ("probe_layers", "stage_diagnostics")
+    frame = (pd.read_csv(results / f"{name}.csv") if study.get("kind") in ROW_PER_MEASUREMENT_KINDS
              else read_runs(results, name))
     lines = [f"## {study['title']}", "", study.get("about", "").strip(), "",
              f"Rows: [`experiments/results/{name}.csv`](../experiments/results/{name}.csv).", "",
@@ -343,6 +394,8 @@ def study_section(results: Path, name: str, study: Mapping[str, Any], spec: Mapp
         lines += layers_tables(frame, study, spec)
     elif study.get("kind") == "stage_diagnostics":
         lines += stage_tables(frame, study, spec)
+    elif study.get("kind") == "image_signature":
+        lines += signature_tables(frame, study, spec)
     else:
         lines += ["Over seeds (points):", "", *settings_table(frame), ""]
         if study.get("baseline"):

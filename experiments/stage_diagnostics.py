@@ -17,7 +17,8 @@ output) and for all stages together:
 - the spread of the stage's raw (pre-normalisation) activations: the mean over channels of the
   per-channel std, over the mean per-channel |mean| (a small value means a shared offset dominates).
 
-One CSV row per (backbone, bn, stage), appended to `--out` as measured.
+One CSV row per (backbone, bn, stage), appended to `--out` as measured; with `--per-class CSV`, also
+each stage's val IoU per class.
 
     OMP_NUM_THREADS=2 .venv/bin/python experiments/stage_diagnostics.py --folder /tmp/run \\
         --data synthetic --setting default --out experiments/results/stage_diagnostics.csv
@@ -32,19 +33,20 @@ import time
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn import functional as F
 
 from pixpro.config import load_params
 from pixpro.data.classes import load_prepared_classes
 from pixpro.features import DecoderStages, extract_bank, labelled_batches, load_frozen_backbone, split_rows
-from pixpro.metrics import ConfusionAccumulator, mean_iou
+from pixpro.metrics import ConfusionAccumulator, iou_per_class, mean_iou
 from pixpro.model.backbone import forward_tapped
-from pixpro.model.pixpro import between_group_share
+from pixpro.model.pixpro import between_group_share, effective_rank
 from pixpro.probe import fit_probe
 
 COLUMNS = ["data", "setting", "seed", "backbone", "bn", "stage", "miou", "effective_rank", "total_variance",
            "image_share", "class_share", "activation_spread", "seconds"]
+PER_CLASS_COLUMNS = ["data", "setting", "seed", "backbone", "bn", "stage", "class_name", "iou"]
 STAGES = (-5, -4, -3, -2, -1)
 
 
@@ -61,14 +63,6 @@ def recalibrate_batchnorm(backbone: nn.Module, rows, batch_size: int) -> nn.Modu
     for batch in labelled_batches(rows, batch_size, description="recalibrate BatchNorm"):
         model(batch.image)
     return model.eval()
-
-
-def effective_rank(features: Tensor) -> Tensor:
-    """(N, C) unit-length features -> exp(entropy of the normalised singular values) (RankMe,
-    Garrido et al. 2023); the same as PixPro.diagnostics computes in training."""
-    singular = torch.linalg.svdvals(features.float())
-    share = singular / singular.sum().clamp(min=1e-12)
-    return torch.exp(-(share * torch.log(share.clamp(min=1e-12))).sum())
 
 
 def stage_slices(channels: list[int]) -> dict[int, slice]:
@@ -94,6 +88,20 @@ def raw_spreads(backbone: nn.Module, rows, batch_size: int) -> dict[int, float]:
     return spreads
 
 
+def write_per_class(out: Path, args: argparse.Namespace, seed: int, kind: str, bn: str, names: tuple[str, ...],
+                    scores: dict) -> None:
+    """Appends one row per (stage, class): the class's val IoU (empty where the class is absent)."""
+    new_file = not out.is_file()
+    with open(out, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PER_CLASS_COLUMNS)
+        if new_file:
+            writer.writeheader()
+        for stage, accumulator in scores.items():
+            for name, iou in zip(names, iou_per_class(accumulator.conf).tolist()):
+                writer.writerow({"data": args.data, "setting": args.setting, "seed": seed, "backbone": kind, "bn": bn,
+                                 "stage": stage, "class_name": name, "iou": "" if iou != iou else iou})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, required=True)
@@ -103,13 +111,15 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", choices=("pretrained", "random"), default=["pretrained", "random"],
                         help="random: the same for every setting of a seed, so measure it once")
     parser.add_argument("--bn", nargs="+", choices=("as_saved", "recalibrated"), default=["as_saved"])
+    parser.add_argument("--per-class", type=Path, help="also append each stage's val IoU per class to this CSV")
     args = parser.parse_args()
 
     folder = args.folder.resolve()
     params = load_params(folder / "params.yaml")
     prepared = folder / "data" / "prepared"
     train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
-    num_classes = load_prepared_classes(prepared).num_classes
+    classes = load_prepared_classes(prepared)
+    num_classes = classes.num_classes
     channels = list(params.pretrain.backbone.stage_channels)
     slices = stage_slices(channels)
     new_file = not args.out.is_file()
@@ -152,6 +162,8 @@ def main() -> None:
                     print(f"{kind:>10} {bn:>12} {stage!s:>4} mIoU {row['miou'] * 100:6.2f} "
                           f"rank {row['effective_rank']:6.1f} var {row['total_variance']:.3f} "
                           f"image {row['image_share']:.3f} class {row['class_share']:.3f}", flush=True)
+            if args.per_class:
+                write_per_class(args.per_class, args, params.seed, kind, bn, classes.names, scores)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ objects) built from the repo's own, the tiny data prepared, and a copy of the wo
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import pytest
@@ -19,6 +21,15 @@ from pixpro.data.synthetic import generate_tree
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
+
+
+def load_experiment(name: str) -> ModuleType:
+    """experiments/<name>.py as a module: the scripts are run by path, not installed."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # Small enough for milliseconds per image; the raw tree is 2x data.size so prepare really resizes.
 TINY_SIZE = (32, 64)

@@ -68,15 +68,10 @@ def test_examples_grid_has_a_legend_when_names_are_given(tmp_path):
 
 def test_an_older_overlay_picture_is_redrawn_with_its_class_legend(tmp_path):
     """experiments/docs_pictures.py: overlays saved before the legend existed get one."""
-    import importlib.util
-    from pathlib import Path
-
     from pixpro.data.classes import load_class_table
+    from tests.conftest import load_experiment
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("docs_pictures", root / "experiments/docs_pictures.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_experiment("docs_pictures")
     old = tmp_path / "old.png"
     Image.fromarray(np.full((60, 120, 3), 127, np.uint8)).save(old)
     script.with_legend(old, "idd_lite", tmp_path / "new.png")

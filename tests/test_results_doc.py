@@ -3,7 +3,6 @@ tiny CSVs, and the committed docs/results.md and README blocks against what it g
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pixpro.errors import DataError
+from tests.conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = ("setting,seed,pretrained_miou,random_miou,gain,pretrained_knn_miou,random_knn_miou,knn_gain,"
@@ -37,13 +37,15 @@ studies:
       - {setting: [new], seed: [1], threads: 2}
 """
 
+# A per-measurement study (stage_diagnostics, image_signature kinds) run on one box.
+PER_MEASUREMENT_STUDY = {"data_names": {"syn": "synthetic"},
+                         "provenance": [{"date": "2026-01-01", "machine": "box", "threads": 2}]}
+BOX_SPEC = {"machines": {"box": "a box"}}
+
 
 @pytest.fixture(scope="module")
 def results_doc():
-    spec = importlib.util.spec_from_file_location("results_doc", ROOT / "experiments/results_doc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("results_doc")
 
 
 @pytest.fixture
@@ -106,8 +108,7 @@ def test_stage_diagnostics_table_matches_hand_computed_means(results_doc):
     frame = pd.DataFrame(rows, columns=columns)
     frame.loc[(frame["seed"] == 1) & (frame["backbone"] == "pretrained"), "miou"] += 0.02
     frame.loc[frame["bn"] == "recalibrated", "miou"] = 0.99  # tabled apart, beside the as-saved score
-    study = {"data_names": {"syn": "synthetic"}, "provenance": [{"date": "2026-01-01", "machine": "box", "threads": 2}]}
-    spec = {"machines": {"box": "a box"}}
+    study, spec = PER_MEASUREMENT_STUDY, BOX_SPEC
     text = "\n".join(results_doc.stage_tables(frame, study, spec))
     # Pretrained 15, 17 points (mean 16, std 1.4); random 18, 18; gains -3, -1: mean -2, half 12.706 * 1 / 1.
     assert line_starting(text, "| synthetic | `default` | 0,1 | 1/16 res |") == (
@@ -183,9 +184,7 @@ def test_every_docs_picture_is_embedded_and_every_embedded_picture_exists():
     unused = [p.name for p in sorted((ROOT / "docs").glob("*.png")) if p.resolve() not in pictures]
     assert not unused, f"docs pictures no page embeds (delete them): {unused}"
     # make refresh redraws every docs/*.png: each is one of the picture script's outputs.
-    spec = importlib.util.spec_from_file_location("docs_pictures", ROOT / "experiments/docs_pictures.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_experiment("docs_pictures")
     drawn = {"docs/pairs.png", *script.CURVES, script.IDD_OVERLAYS[2], script.CONVERGENCE[1]}
     in_docs = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.png")}
     assert in_docs == drawn
@@ -213,3 +212,41 @@ def test_every_relative_link_of_the_docs_resolves():
             if not target.exists() or (anchor and target.suffix == ".md" and anchor not in heading_anchors(target)):
                 broken.append(f"{page.name}: {link}")
     assert not broken, broken
+
+
+def test_signature_table_matches_hand_computed_means(results_doc):
+    import pandas as pd
+    columns = ["data", "setting", "seed", "backbone", "stage", "signature_variance", "r2_colour", "r2_classes",
+               "r2_both"]
+    rows = [["syn", "default", 0, "pretrained", "-5", 0.10, 0.70, -0.02, 0.70],
+            ["syn", "default", 1, "pretrained", "-5", 0.14, 0.60, 0.00, 0.64],
+            ["syn", "default", 0, "random", "-5", 0.006, 0.50, -0.04, 0.50],
+            ["syn", "default", 1, "random", "-5", 0.010, 0.54, -0.002, 0.54],
+            ["syn", "new", 0, "pretrained", "-1", 0.05, 0.30, 0.10, 0.35]]
+    frame = pd.DataFrame(rows, columns=columns)
+    study, spec = PER_MEASUREMENT_STUDY, BOX_SPEC
+    text = "\n".join(results_doc.signature_tables(frame, study, spec))
+    # Means over seeds: variance 0.12 against 0.008 (15.0x), R2 colour 0.65 / 0.52, classes -0.01 / -0.021
+    # (shown -0.02), both 0.67 / 0.52.
+    assert line_starting(text, "| synthetic | `default` | 0,1 | 1/16 res |") == (
+        "| synthetic | `default` | 0,1 | 1/16 res | 0.1200 / 0.0080 | 15.0× | 0.65 / 0.52 | -0.01 / -0.02 "
+        "| 0.67 / 0.52 | 2026-01-01 | `box` | 2 |")
+    # A setting measured without its random twin shows no ratio.
+    assert line_starting(text, "| synthetic | `new` | 0 | output |") == (
+        "| synthetic | `new` | 0 | output | 0.0500 / — | — | 0.30 / — | 0.10 / — | 0.35 / — | 2026-01-01 | `box` | 2 |")
+
+
+def test_a_setting_measured_without_its_random_twin_borrows_the_seeds_twin(results_doc):
+    import pandas as pd
+    columns = ["data", "setting", "seed", "backbone", "bn", "stage", "miou", "image_share", "class_share"]
+    rows = [["syn", "default", 0, "pretrained", "as_saved", "-5", 0.15, 0.30, 0.08],
+            ["syn", "default", 0, "random", "as_saved", "-5", 0.18, 0.06, 0.20],
+            ["syn", "default", 1, "pretrained", "as_saved", "-5", 0.52, 0.30, 0.08],
+            ["syn", "default", 1, "random", "as_saved", "-5", 0.50, 0.06, 0.20],  # another seed's twin: not used
+            ["syn", "new", 0, "pretrained", "as_saved", "-5", 0.21, 0.10, 0.15]]
+    frame = pd.DataFrame(rows, columns=columns)
+    text = "\n".join(results_doc.stage_tables(frame, {**PER_MEASUREMENT_STUDY, "data_names": {}}, BOX_SPEC))
+    # new: 21 against seed 0's random 18 = +3.0; paired with default's -3.0: +6.0.
+    assert line_starting(text, "| syn | `new` | 0 | 1/16 res | 21.0").startswith(
+        "| syn | `new` | 0 | 1/16 res | 21.0 ± n/a | 18.0 ± n/a | +3.0 ± n/a | 0.100 / 0.060 |")
+    assert line_starting(text, "| syn | `new` | 0 | 1/16 res | +6.0") == "| syn | `new` | 0 | 1/16 res | +6.0 ± n/a |"

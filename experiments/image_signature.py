@@ -1,0 +1,156 @@
+"""What is the per-image signature in the coarse decoder stages? Cross-validated evidence.
+
+stage_diagnostics.py finds that, after pretraining, a large share of a coarse stage's variance lies
+between images. This script asks what that per-image component encodes. For each decoder stage,
+each train image's signature is the mean over its grid cells of the stage's unit-length features,
+(G, C) for G images, centred. Two descriptions of the images try to predict it with ridge
+regression, scored on held-out images (5 folds over images):
+
+- `colour`: the per-channel mean and std of the normalised input image (6 numbers): its global
+  brightness, contrast and colour balance;
+- `classes`: the image's class composition (the share of its labelled pixels per class), the
+  scene content that context features should carry.
+
+`r2_colour`, `r2_classes` and `r2_both` (the two descriptions together) are the shares of the
+signatures' variance explained on held-out images (1 - residual / total sum of squares; negative
+when a description predicts worse than the mean). On real scenes colour and content go together
+(a frame with much sky is bright), so `r2_both - r2_classes` is what colour explains beyond the
+content, and `r2_both - r2_colour` the reverse. `signature_variance` is the signatures' total
+variance, so that the random network's can be compared in absolute terms. One CSV row per
+(backbone, stage), appended to --out.
+
+    OMP_NUM_THREADS=2 .venv/bin/python experiments/image_signature.py --folder . --data synthetic \\
+        --setting default --out experiments/results/image_signature.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from pixpro.config import load_params
+from pixpro.data.classes import load_prepared_classes
+from pixpro.features import labelled_batches, load_frozen_backbone, split_rows
+from pixpro.model.backbone import forward_tapped
+
+COLUMNS = ["data", "setting", "seed", "backbone", "stage", "images", "signature_variance", "r2_colour",
+           "r2_classes", "r2_both", "seconds"]
+STAGES = (-5, -4, -3, -2, -1)
+FOLDS = 5
+
+
+def colour_statistics(images: Tensor) -> Tensor:
+    """images (B, 3, H, W) normalised -> per-channel mean and std (B, 6)."""
+    flat = images.float().flatten(2)
+    return torch.cat([flat.mean(dim=2), flat.std(dim=2)], dim=1)
+
+
+def class_composition(masks: Tensor, num_classes: int) -> Tensor:
+    """masks (B, H, W) trainIds, 255 = ignore -> share of each image's labelled pixels per class (B, K)."""
+    shares = []
+    for mask in masks:
+        labelled = mask[mask != 255]
+        counts = torch.bincount(labelled, minlength=num_classes)[:num_classes].float()
+        shares.append(counts / counts.sum().clamp(min=1.0))
+    return torch.stack(shares)
+
+
+def ridge_fit(design: Tensor, target: Tensor, penalty: float) -> Tensor:
+    """design (N, K) with an intercept column, target (N, C) -> weights (K, C) of ridge
+    regression (the intercept unpenalised)."""
+    eye = torch.eye(design.shape[1], dtype=design.dtype)
+    eye[-1, -1] = 0.0
+    return torch.linalg.solve(design.T @ design + penalty * eye, design.T @ target)
+
+
+def held_out_r2(predictors: Tensor, target: Tensor, folds: int = FOLDS, penalty: float = 1e-2) -> float:
+    """predictors (N, K), target (N, C) -> 1 - sum of squared held-out residuals / total sum of
+    squares around the training folds' mean, over `folds` contiguous folds of the rows.
+
+    Predictors are standardised on the training folds, so the penalty means the same for every
+    description. One constant there (a class the training folds never show) is 0 in their design,
+    so the penalty gives it weight 0."""
+    n = len(target)
+    order = torch.arange(n)
+    residual = total = 0.0
+    for fold in range(folds):
+        test = (order % folds) == fold
+        train = ~test
+        mean, std = predictors[train].mean(dim=0), predictors[train].std(dim=0).clamp(min=1e-6)
+
+        def design(rows: Tensor) -> Tensor:
+            scaled = (predictors[rows] - mean) / std
+            return torch.cat([scaled, torch.ones(len(scaled), 1, dtype=scaled.dtype)], dim=1)
+
+        weights = ridge_fit(design(train), target[train], penalty * train.sum().item())
+        prediction = design(test) @ weights
+        residual += float((target[test] - prediction).pow(2).sum())
+        total += float((target[test] - target[train].mean(dim=0)).pow(2).sum())
+    return 1.0 - residual / max(total, 1e-12)
+
+
+@torch.no_grad()
+def image_signatures(backbone: torch.nn.Module, rows, batch_size: int, num_classes: int
+                     ) -> tuple[dict[int, Tensor], Tensor, Tensor]:
+    """-> ({stage: per-image mean of the unit-length stage features (G, C_l)}, colour (G, 6),
+    class composition (G, K)), images in the rows' order."""
+    signatures: dict[int, list[Tensor]] = {stage: [] for stage in STAGES}
+    colours, compositions = [], []
+    for batch in labelled_batches(rows, batch_size, description="signatures"):
+        maps = forward_tapped(backbone, batch.image, STAGES[:-1])
+        stage_maps = {**maps.stages, -1: maps.output}
+        for stage, stage_map in stage_maps.items():
+            signatures[stage].append(F.normalize(stage_map.float(), dim=1).mean(dim=(2, 3)))
+        colours.append(colour_statistics(batch.image))
+        compositions.append(class_composition(batch.mask, num_classes))
+    return ({stage: torch.cat(parts).double() for stage, parts in signatures.items()},
+            torch.cat(colours).double(), torch.cat(compositions).double())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, required=True)
+    parser.add_argument("--data", required=True, help="a name for the dataset, e.g. synthetic or idd")
+    parser.add_argument("--setting", required=True, help="a name for the run's params, e.g. default")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--backbones", nargs="+", choices=("pretrained", "random"), default=["pretrained", "random"])
+    args = parser.parse_args()
+
+    folder = args.folder.resolve()
+    params = load_params(folder / "params.yaml")
+    prepared = folder / "data" / "prepared"
+    train = split_rows(prepared, "train")
+    num_classes = load_prepared_classes(prepared).num_classes
+    new_file = not args.out.is_file()
+    for kind in args.backbones:
+        start = time.perf_counter()
+        backbone = load_frozen_backbone(kind, params, folder / "models" / "backbone.pt")
+        signatures, colour, classes = image_signatures(backbone, train, params.extract.batch_size, num_classes)
+        seconds = time.perf_counter() - start
+        with open(args.out, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            if new_file:
+                writer.writeheader()
+                new_file = False
+            for stage, signature in signatures.items():
+                centred = signature - signature.mean(dim=0)
+                row = {"data": args.data, "setting": args.setting, "seed": params.seed, "backbone": kind,
+                       "stage": stage, "images": len(signature),
+                       "signature_variance": float(centred.pow(2).sum(dim=1).mean()),
+                       "r2_colour": held_out_r2(colour, signature), "r2_classes": held_out_r2(classes, signature),
+                       "r2_both": held_out_r2(torch.cat([colour, classes], dim=1), signature),
+                       "seconds": round(seconds, 1)}
+                writer.writerow(row)
+                print(f"{kind:>10} {stage:>3} variance {row['signature_variance']:.4f} "
+                      f"R2 colour {row['r2_colour']:+.3f} classes {row['r2_classes']:+.3f} both {row['r2_both']:+.3f}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
