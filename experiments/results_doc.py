@@ -244,9 +244,8 @@ def layers_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[s
             *table(["data", "`probe.layers`", "Δ pretrained [95%]", "Δ random [95%]", "Δ gain [95%]"], paired)]
 
 
-# What a per-measurement row measured (the rest of its columns say what it is).
-MEASURED_COLUMNS = ("miou", "effective_rank", "total_variance", "image_share", "class_share", "activation_spread",
-                    "seconds", "images", "signature_variance", "r2_colour", "r2_classes", "r2_both")
+# The columns that say which measurement a per-measurement row is (the others are what it measured).
+MEASUREMENT_KEYS = ("data", "setting", "seed", "backbone", "bn", "stage")
 # Studies whose CSV holds one row per measurement, not one per run (read as they are).
 ROW_PER_MEASUREMENT_KINDS = ("probe_layers", "stage_diagnostics", "image_signature")
 STAGE_NAMES = {"-5": "1/16 res", "-4": "1/8 res", "-3": "1/4 res", "-2": "1/2 res", "-1": "output", "all": "all five"}
@@ -259,12 +258,18 @@ def with_shared_random(frame: pd.DataFrame) -> pd.DataFrame:
     keys = ["data", "setting", "seed"]
     random = frame[frame["backbone"] == "random"]
     measured = set(map(tuple, random[keys].drop_duplicates().to_numpy()))
-    twins = random.drop_duplicates([c for c in random.columns if c not in ("setting", *MEASURED_COLUMNS)])
+    twins = random.drop_duplicates([c for c in MEASUREMENT_KEYS if c in random.columns and c != "setting"])
     copies = []
     for data, setting, seed in frame[keys].drop_duplicates().itertuples(index=False):
         if (data, setting, seed) not in measured:
             copies.append(twins[(twins["data"] == data) & (twins["seed"] == seed)].assign(setting=setting))
     return pd.concat([frame, *copies], ignore_index=True) if copies else frame
+
+
+def measured_settings(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(data, setting) pairs of per-measurement rows: `default` first, then the others in the order
+    they were measured."""
+    return sorted(dict.fromkeys(zip(frame["data"], frame["setting"])), key=lambda key: key[1] != "default")
 
 
 def stage_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
@@ -275,8 +280,7 @@ def stage_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[st
     frame = frame[frame["bn"] == "as_saved"]
     names = study.get("data_names", {})
     rows, paired = [], []
-    # The baseline first, then the settings in the order they were measured.
-    order = sorted(dict.fromkeys(zip(frame["data"], frame["setting"])), key=lambda key: key[1] != "default")
+    order = measured_settings(frame)
     for data, setting in order:
         group = frame[(frame["data"] == data) & (frame["setting"] == setting)]
         wide = group.pivot_table(index=["stage", "seed"], columns="backbone",
@@ -318,7 +322,7 @@ def signature_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mappin
     frame = with_shared_random(frame.assign(stage=frame["stage"].astype(str)))
     names = study.get("data_names", {})
     rows = []
-    order = sorted(dict.fromkeys(zip(frame["data"], frame["setting"])), key=lambda key: key[1] != "default")
+    order = measured_settings(frame)
     for data, setting in order:
         group = frame[(frame["data"] == data) & (frame["setting"] == setting)]
         for stage in [s for s in STAGE_NAMES if s in set(group["stage"])]:

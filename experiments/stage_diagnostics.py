@@ -88,18 +88,23 @@ def raw_spreads(backbone: nn.Module, rows, batch_size: int) -> dict[int, float]:
     return spreads
 
 
+def append_rows(out: Path, columns: list[str], rows: list[dict]) -> None:
+    """Appends rows to a CSV, with the header first when the file is new."""
+    new_file = not out.is_file()
+    with open(out, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_per_class(out: Path, args: argparse.Namespace, seed: int, kind: str, bn: str, names: tuple[str, ...],
                     scores: dict) -> None:
     """Appends one row per (stage, class): the class's val IoU (empty where the class is absent)."""
-    new_file = not out.is_file()
-    with open(out, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PER_CLASS_COLUMNS)
-        if new_file:
-            writer.writeheader()
-        for stage, accumulator in scores.items():
-            for name, iou in zip(names, iou_per_class(accumulator.conf).tolist()):
-                writer.writerow({"data": args.data, "setting": args.setting, "seed": seed, "backbone": kind, "bn": bn,
-                                 "stage": stage, "class_name": name, "iou": "" if iou != iou else iou})
+    append_rows(out, PER_CLASS_COLUMNS, [
+        {"data": args.data, "setting": args.setting, "seed": seed, "backbone": kind, "bn": bn, "stage": stage,
+         "class_name": name, "iou": "" if iou != iou else iou}
+        for stage, accumulator in scores.items() for name, iou in zip(names, iou_per_class(accumulator.conf).tolist())])
 
 
 def main() -> None:
@@ -122,7 +127,6 @@ def main() -> None:
     num_classes = classes.num_classes
     channels = list(params.pretrain.backbone.stage_channels)
     slices = stage_slices(channels)
-    new_file = not args.out.is_file()
     device = torch.device("cpu")
     for kind in args.backbones:
         base = load_frozen_backbone(kind, params, folder / "models" / "backbone.pt")
@@ -143,25 +147,22 @@ def main() -> None:
                     scores[stage].update(probe(feats).argmax(-1), batch.mask)
             seconds = time.perf_counter() - start
             spreads = raw_spreads(backbone, val, 4)
-            with open(args.out, "a", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-                if new_file:
-                    writer.writeheader()
-                    new_file = False
-                for stage, (cols, _) in probes.items():
-                    unit = F.normalize(bank.features[:, cols].float(), dim=1)
-                    row = {"data": args.data, "setting": args.setting, "seed": params.seed, "backbone": kind,
-                           "bn": bn, "stage": stage,
-                           "miou": mean_iou(scores[stage].conf), "effective_rank": float(effective_rank(unit)),
-                           "total_variance": float((unit - unit.mean(dim=0)).pow(2).sum(dim=1).mean()),
-                           "image_share": float(between_group_share(unit, bank.image_index.long())),
-                           "class_share": float(between_group_share(unit, bank.labels.long())),
-                           "activation_spread": spreads.get(stage, ""),
-                           "seconds": round(seconds, 1)}
-                    writer.writerow(row)
-                    print(f"{kind:>10} {bn:>12} {stage!s:>4} mIoU {row['miou'] * 100:6.2f} "
-                          f"rank {row['effective_rank']:6.1f} var {row['total_variance']:.3f} "
-                          f"image {row['image_share']:.3f} class {row['class_share']:.3f}", flush=True)
+            rows = []
+            for stage, (cols, _) in probes.items():
+                unit = F.normalize(bank.features[:, cols].float(), dim=1)
+                row = {"data": args.data, "setting": args.setting, "seed": params.seed, "backbone": kind,
+                       "bn": bn, "stage": stage,
+                       "miou": mean_iou(scores[stage].conf), "effective_rank": float(effective_rank(unit)),
+                       "total_variance": float((unit - unit.mean(dim=0)).pow(2).sum(dim=1).mean()),
+                       "image_share": float(between_group_share(unit, bank.image_index.long())),
+                       "class_share": float(between_group_share(unit, bank.labels.long())),
+                       "activation_spread": spreads.get(stage, ""),
+                       "seconds": round(seconds, 1)}
+                rows.append(row)
+                print(f"{kind:>10} {bn:>12} {stage!s:>4} mIoU {row['miou'] * 100:6.2f} "
+                      f"rank {row['effective_rank']:6.1f} var {row['total_variance']:.3f} "
+                      f"image {row['image_share']:.3f} class {row['class_share']:.3f}", flush=True)
+            append_rows(args.out, COLUMNS, rows)
             if args.per_class:
                 write_per_class(args.per_class, args, params.seed, kind, bn, classes.names, scores)
 
