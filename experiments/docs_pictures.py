@@ -60,6 +60,37 @@ def convergence(curves: dict[str, str], out: str) -> None:
     save_figure(figure, Path(out))
 
 
+# Issue 27's label-efficiency study on its converged budget: (result CSV, setting, picture). Its
+# rows land once the study has run; until then the picture is skipped, and says so.
+LABEL_EFFICIENCY = (RESULTS / "idd_lite_label_efficiency.csv", "contrast_only", "docs/label_efficiency.png")
+
+
+def label_efficiency(csv: Path, setting: str, out: str) -> None:
+    """The study's fine-tuned val mIoU against the labelled share: the seeds' mean per backbone,
+    each seed as a dot, their min-max band, and the random network's mean score with all labels
+    (what "labels saved" is read against) as a dashed level."""
+    import re
+
+    from pixpro.runs import load_result_rows
+    from pixpro.viz import plot_label_efficiency
+
+    runs = load_result_rows(csv)
+    runs = runs[runs["setting"] == setting].sort_values("seed")
+    if runs.empty:
+        raise SystemExit(f"{csv} has no runs of setting {setting!r}")
+    curves, seeds = {}, {}
+    for backbone in ("pretrained", "random"):
+        columns = sorted((int(m[1]) / 100, c) for c in runs if (m := re.fullmatch(rf"{backbone}_finetune\.miou_(\d+)pct", c))
+                         and runs[c].notna().all())
+        fractions = [f for f, _ in columns]
+        scores = 100 * runs[[c for _, c in columns]].to_numpy()
+        curves[backbone] = (fractions, scores.mean(0).tolist())
+        seeds[backbone] = scores.tolist()
+    seed_list = ", ".join(str(s) for s in runs["seed"])
+    plot_label_efficiency(curves, Path(out), f"{csv.stem}, `{setting}`, seeds {seed_list}", seeds=seeds,
+                          target=curves["random"][1][-1], xlabel="labelled train images (share)")
+
+
 def run(*command: str) -> None:
     subprocess.run(command, cwd=ROOT, check=True)
 
@@ -81,7 +112,7 @@ def with_legend(picture: Path, classes: str, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    names = ["pairs", *(Path(p).stem for p in CURVES), "idd_overlays", "finetune_convergence"]
+    names = ["pairs", *(Path(p).stem for p in CURVES), "idd_overlays", "finetune_convergence", "label_efficiency"]
     parser.add_argument("--only", nargs="+", choices=names, default=names)
     args = parser.parse_args()
     python = sys.executable
@@ -96,6 +127,12 @@ def main() -> None:
     if "finetune_convergence" in args.only:
         convergence(*CONVERGENCE)
         print(f"wrote {CONVERGENCE[1]}")
+    if "label_efficiency" in args.only:
+        if LABEL_EFFICIENCY[0].is_file():
+            label_efficiency(*LABEL_EFFICIENCY)
+            print(f"wrote {LABEL_EFFICIENCY[2]}")
+        else:
+            print(f"skipped {LABEL_EFFICIENCY[2]}: {LABEL_EFFICIENCY[0]} has no rows yet (issue 27's study)")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import yaml
 
 from pixpro.backbones import BACKBONES
 from pixpro.errors import DataError
+from pixpro.report import labels_saved
 from pixpro.runs import load_result_rows
 from pixpro.stats import Summary, format_summary, paired_differences, summarize, verdict
 
@@ -201,14 +202,49 @@ def finetune_table(frame: pd.DataFrame) -> list[str]:
     per setting whose runs all have fine-tuning scores, seeds ascending."""
     rows = []
     for setting, runs in frame.sort_values("seed").groupby("setting", sort=False):
-        shares = {int(m[1]): pair for suffix, pair in backbone_columns(runs, "finetune.").items()
-                  if (m := FINETUNE_KEY.fullmatch(suffix))}
-        for percent, (pretrained, random) in sorted(shares.items()):
-            gain = runs[pretrained] - runs[random]
-            rows.append([setting, f"{percent}%", seeds_of(runs["seed"]), points(summarize(runs[pretrained])),
-                         points(summarize(runs[random])), interval(summarize(gain)),
+        fractions, pretrained, random = finetune_curves_of(runs)
+        for fraction in fractions:
+            gain = pretrained[fraction] - random[fraction]
+            rows.append([setting, f"{100 * fraction:g}%", seeds_of(runs["seed"]), points(summarize(pretrained[fraction])),
+                         points(summarize(random[fraction])), interval(summarize(gain)),
                          ", ".join(f"{v * 100:+.1f}" for v in gain)])
     return table(["setting", "labels", "seeds", "pretrained", "random", "gain [95%]", "gain per seed"], rows)
+
+
+def finetune_curves_of(runs: pd.DataFrame) -> tuple[list[float], pd.DataFrame, pd.DataFrame]:
+    """(fractions ascending, pretrained, random): the fine-tuned mIoU of each run (rows, the
+    frame's order) at each fraction (columns) that every run has for both backbones."""
+    shares = sorted((int(m[1]) / 100, pair) for suffix, pair in backbone_columns(runs, "finetune.").items()
+                    if (m := FINETUNE_KEY.fullmatch(suffix)))
+    fractions = [fraction for fraction, _ in shares]
+    return (fractions, runs[[p for _, (p, _r) in shares]].set_axis(fractions, axis=1),
+            runs[[r for _, (_p, r) in shares]].set_axis(fractions, axis=1))
+
+
+def labels_saved_table(frame: pd.DataFrame) -> list[str]:
+    """Per setting with fine-tuning scores at two fractions or more: the labels saved by each seed
+    (pixpro.report.labels_saved, against that seed's random run on its largest fraction) and their
+    median; a bound shows as '>= Nx', a run that never reaches that score as 'none', and one whose
+    random network gains nothing from more labels (an unconverged budget) as 'not converged'."""
+    rows = []
+    for setting, runs in frame.sort_values("seed").groupby("setting", sort=False):
+        fractions, pretrained, random = finetune_curves_of(runs)
+        if len(fractions) < 2:
+            continue
+        saved = [labels_saved(fractions, list(p), list(r))
+                 for p, r in zip(pretrained.itertuples(index=False), random.itertuples(index=False))]
+        shown = [{"never": "none", "unconverged": "not converged"}.get(s.bound)
+                 or f"{'>= ' if s.bound == 'at_most' else ''}{s.factor:.2g}x" for s in saved]
+        # The median as one of the runs' own entries (a bound stays a bound); 'none' ranks lowest,
+        # and a run whose random curve is flat has no figure to rank.
+        ordered = [text for _, text in sorted((0.0 if s.bound == "never" else s.factor, text)
+                                              for s, text in zip(saved, shown) if s.bound != "unconverged")]
+        low, high = (ordered[(len(ordered) - 1) // 2], ordered[len(ordered) // 2]) if ordered else ("—", "—")
+        middle = low if low == high else f"between {low} and {high}"
+        rows.append([setting, seeds_of(runs["seed"]), f"{100 * fractions[-1]:g}%", ", ".join(shown), middle])
+    if not rows:
+        return []
+    return table(["setting", "seeds", "random's score at", "labels saved per seed", "median"], rows)
 
 
 def layers_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
@@ -421,6 +457,12 @@ def study_section(results: Path, name: str, study: Mapping[str, Any], spec: Mapp
             lines += ["", "Label efficiency: val mIoU (points) after fine-tuning end to end on a share of the "
                           "labelled train images, for every setting whose runs all fine-tuned:", "",
                       *finetune_table(frame)]
+            saved = labels_saved_table(frame) if study.get("labels_saved") else []
+            if saved:
+                lines += ["", "Labels saved: how many times fewer labels the pretrained network needs to reach "
+                              "the random network's score on the largest fraction (interpolated on a log "
+                              "scale between measured fractions; per seed, against its own random run):",
+                          "", *saved]
     if study.get("reading"):
         lines += ["", study["reading"].strip()]
     for picture in study.get("pictures", []):

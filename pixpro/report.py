@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import pandas as pd
 
@@ -112,6 +113,73 @@ def finetune_curves(finetune: dict[str, dict]) -> dict[str, tuple[list[float], l
     return curves
 
 
+class LabelsSaved(NamedTuple):
+    """Where the pretrained fine-tuning curve first reaches the random network's score on the
+    largest measured fraction. `bound` says how `fraction` was found: 'interpolated' (between two
+    measured fractions), 'at_most' (reached already at the smallest one, so the saving is at least
+    `factor`), 'never' (not reached at any measured fraction: no saving) or 'unconverged' (the
+    random network scores no better with the most labels than with the fewest, so the budget
+    cannot tell what labels are worth). fraction is nan for the last two."""
+
+    fraction: float  # the labelled share the pretrained network needs
+    bound: str
+    target: float  # the random network's score at the largest fraction
+    largest: float  # the largest measured fraction (1.0 for all labels)
+
+    @property
+    def factor(self) -> float:
+        """How many times fewer labels than `largest` the pretrained network needs (nan: never)."""
+        return self.largest / self.fraction
+
+    def describe(self) -> str:
+        if self.bound == "unconverged":
+            return (f"not measurable at this budget: the random network scores no better with "
+                    f"{100 * self.largest:g}% of the labels ({100 * self.target:.1f}) than with the fewest, "
+                    f"so fine-tuning has not converged (raise `finetune.steps`)")
+        reach = (f"the pretrained network reaches the random network's {100 * self.largest:g}%-label "
+                 f"score ({100 * self.target:.1f})")
+        if self.bound == "never":
+            return f"{reach.replace('reaches', 'does not reach')} at any measured fraction: no labels saved"
+        share = f"{100 * self.fraction:.3g}%"
+        if self.bound == "at_most":
+            return f"{reach} already at {share} of the labels: at least {self.factor:.3g}x fewer labels"
+        return f"{reach} at {share} of the labels (interpolated on a log scale): {self.factor:.3g}x fewer labels"
+
+
+def labels_saved(fractions: Sequence[float], pretrained: Sequence[float], random: Sequence[float]) -> LabelsSaved:
+    """The labelled share at which the pretrained curve first reaches random's score on the
+    largest fraction, linear in log(fraction) between the two measured fractions around it.
+
+    fractions: ascending, in (0, 1]; pretrained, random: val mIoU at each fraction.
+    """
+    if not (len(fractions) == len(pretrained) == len(random)) or len(fractions) < 2:
+        raise ValueError("labels_saved needs one pretrained and one random score per fraction, "
+                         "at two fractions or more")
+    if any(b <= a for a, b in zip(fractions, fractions[1:])) or fractions[0] <= 0:
+        raise ValueError(f"fractions must be positive and ascending, got {list(fractions)}")
+    target, largest = random[-1], fractions[-1]
+    if random[-1] <= random[0]:
+        return LabelsSaved(math.nan, "unconverged", target, largest)
+    if pretrained[0] >= target:
+        return LabelsSaved(fractions[0], "at_most", target, largest)
+    for (f0, s0), (f1, s1) in zip(zip(fractions, pretrained), zip(fractions[1:], pretrained[1:])):
+        if s1 >= target:  # s0 < target <= s1
+            along = (target - s0) / (s1 - s0)
+            return LabelsSaved(math.exp(math.log(f0) + along * (math.log(f1) - math.log(f0))),
+                               "interpolated", target, largest)
+    return LabelsSaved(math.nan, "never", target, largest)
+
+
+def finetune_labels_saved(finetune: dict[str, dict]) -> LabelsSaved:
+    """labels_saved of one run's metrics ({backbone: metrics}, as read_metrics returns)."""
+    curves = finetune_curves(finetune)
+    fractions, pretrained = curves["pretrained"]
+    random_fractions, random = curves["random"]
+    if random_fractions != fractions:
+        raise DataError(f"the backbones' fine-tuning fractions differ: {fractions} against {random_fractions}")
+    return labels_saved(fractions, pretrained, random)
+
+
 def summary_markdown(segmentation_dir: Path, retrieval_dir: Path, finetune_dir: Path | None = None) -> str:
     segmentation, retrieval = read_metrics(segmentation_dir, SEGMENTATION), read_metrics(retrieval_dir, RETRIEVAL)
     overall = overall_table(segmentation, retrieval)
@@ -124,6 +192,8 @@ def summary_markdown(segmentation_dir: Path, retrieval_dir: Path, finetune_dir: 
             finetune_table(read_metrics(finetune_dir)).to_markdown(floatfmt=".4f"),
             "",
         ]
+        if len(finetune_curves(read_metrics(finetune_dir))["pretrained"][0]) > 1:
+            finetune += [f"Labels saved: {finetune_labels_saved(read_metrics(finetune_dir)).describe()}.", ""]
     return "\n".join([
         "# Pretrained vs random initialisation",
         "",

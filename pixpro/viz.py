@@ -64,18 +64,33 @@ def plot_confusion(conf: np.ndarray, names: list[str], path: Path, title: str) -
     save_figure(fig, path)
 
 
-def plot_label_efficiency(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> None:
+def plot_label_efficiency(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str,
+                          seeds: dict[str, list[list[float]]] | None = None, target: float | None = None,
+                          xlabel: str = "labelled train images") -> None:
     """mIoU against the labelled fraction (log x axis), one line per backbone:
-    curves = {backbone: (fractions, mious)}."""
+    curves = {backbone: (fractions, mious)}.
+
+    seeds: {backbone: one mIoU list per seed, on the same fractions}: drawn as dots with the
+    seeds' min-max band around the line (which then is their mean). target: a dashed level named
+    "target" in the legend, e.g. the random network's score with all labels, which "labels saved"
+    is read against.
+    """
     fig = new_figure(5.0, 3.4)
     ax = fig.subplots()
     for name, (fractions, mious) in curves.items():
-        ax.plot(fractions, mious, marker="o", label=name)
+        line, = ax.plot(fractions, mious, marker="o", label=name)
+        for per_seed in (seeds or {}).get(name, []):
+            ax.plot(fractions, per_seed, linestyle="none", marker=".", color=line.get_color(), alpha=0.6)
+        if seeds and seeds.get(name):
+            values = np.asarray(seeds[name], dtype=np.float64)
+            ax.fill_between(fractions, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target")
     ax.set_xscale("log")
     fractions = sorted({f for xs, _ in curves.values() for f in xs})
     ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
     ax.minorticks_off()
-    ax.set_xlabel("labelled train images")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("val mIoU")
     ax.grid(alpha=0.3)
     ax.legend()

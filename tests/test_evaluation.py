@@ -350,6 +350,23 @@ def test_summary_has_pretrained_random_and_gain(tmp_path):
     assert classes == ["road", "sidewalk"]  # "train" has no IoU for either backbone: dropped
 
 
+@pytest.mark.parametrize("random_full, says", [(0.40, "at 10% of the labels (interpolated on a log scale): 10x fewer"),
+                                                (0.20, "not measurable at this budget")])
+def test_summary_states_the_labels_saved(tmp_path, random_full, says):
+    finetune = tmp_path / "finetune"
+    finetune.mkdir()
+    for name, scores in (("pretrained", (0.30, 0.50, 0.55)), ("random", (0.20, 0.30, random_full))):
+        (finetune / f"{name}.json").write_text(json.dumps(dict(zip(("miou_5pct", "miou_20pct", "miou_100pct"), scores))))
+    text = summary_markdown(*write_metrics(tmp_path), finetune)
+    assert line_starting_with(text, "Labels saved:").count(says) == 1
+
+
+def line_starting_with(text: str, start: str) -> str:
+    found = [line for line in text.splitlines() if line.startswith(start)]
+    assert len(found) == 1, found
+    return found[0]
+
+
 def test_summary_with_a_missing_metrics_file_is_a_data_error(tmp_path):
     segmentation, retrieval = write_metrics(tmp_path)
     (retrieval / "random.json").unlink()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import subprocess
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from pixpro.config_finetune import FinetuneConfig
 from pixpro.data.classes import load_prepared_classes
-from pixpro.errors import ConfigError
+from pixpro.errors import ConfigError, DataError
 from pixpro.features import init_backbone, split_rows
 from pixpro.finetune import (CropPlan, PlannedCrops, crop_plan, evaluation_steps, label_efficiency, labelled_subsets,
                              score_segmenter, train_segmenter)
@@ -547,6 +548,66 @@ def test_report_draws_the_label_efficiency_curve_in_fraction_order(tmp_path):
     assert curves == {"pretrained": ([0.05, 1.0], [0.3, 0.5]), "random": ([0.05, 1.0], [0.2, 0.45])}
     plot_label_efficiency(curves, tmp_path / "curve.png", "test")
     assert Image.open(tmp_path / "curve.png").size[0] > 300
+
+
+def test_labels_saved_interpolates_on_a_log_scale_between_measured_fractions():
+    from pixpro.report import labels_saved
+
+    # random reaches 0.40 with all labels; pretrained crosses 0.40 between 5% (0.30) and 20% (0.50),
+    # halfway in score, so halfway in log(fraction): sqrt(0.05 * 0.2) = 0.1 -> 10x fewer labels.
+    saved = labels_saved([0.05, 0.2, 1.0], [0.30, 0.50, 0.55], [0.20, 0.30, 0.40])
+    assert saved.bound == "interpolated" and saved.target == 0.40
+    assert saved.fraction == pytest.approx(0.1) and saved.factor == pytest.approx(10.0)
+    assert "10x fewer labels" in saved.describe() and "40.0" in saved.describe()
+    # Reached at the first crossing, even if a later fraction dips below again.
+    assert labels_saved([0.1, 0.5, 1.0], [0.2, 0.5, 0.3], [0.1, 0.2, 0.4]).fraction == pytest.approx(
+        math.exp(math.log(0.1) + (0.4 - 0.2) / 0.3 * math.log(5)))
+
+
+def test_labels_saved_says_when_it_is_only_a_bound_or_none():
+    from pixpro.report import labels_saved
+
+    early = labels_saved([0.05, 1.0], [0.45, 0.6], [0.2, 0.4])
+    assert (early.bound, early.fraction, early.factor) == ("at_most", 0.05, 20.0)
+    assert "at least 20x" in early.describe()
+    never = labels_saved([0.05, 1.0], [0.2, 0.39], [0.2, 0.4])
+    assert never.bound == "never" and math.isnan(never.factor) and "no labels saved" in never.describe()
+    # Against the largest fraction measured, when that is not all labels.
+    half = labels_saved([0.1, 0.5], [0.2, 0.4], [0.1, 0.3])
+    assert half.largest == 0.5 and half.factor == pytest.approx(0.5 / half.fraction)
+    # A random network that gains nothing from more labels: the budget has not converged.
+    flat = labels_saved([0.05, 1.0], [0.3, 0.4], [0.25, 0.25])
+    assert flat.bound == "unconverged" and "has not converged" in flat.describe()
+    with pytest.raises(ValueError, match="two fractions"):
+        labels_saved([1.0], [0.3], [0.2])
+    with pytest.raises(ValueError, match="ascending"):
+        labels_saved([1.0, 0.05], [0.1, 0.2], [0.1, 0.2])
+    with pytest.raises(ValueError, match="one pretrained"):
+        labels_saved([0.05, 1.0], [0.1], [0.1, 0.2])
+
+
+def test_report_states_labels_saved_from_the_finetune_metrics(tmp_path):
+    from pixpro.report import finetune_labels_saved
+
+    metrics = {"pretrained": {"miou_5pct": 0.30, "miou_20pct": 0.50, "miou_100pct": 0.55},
+               "random": {"miou_5pct": 0.20, "miou_20pct": 0.30, "miou_100pct": 0.40}}
+    assert finetune_labels_saved(metrics).factor == pytest.approx(10.0)
+    metrics["random"].pop("miou_20pct")
+    with pytest.raises(DataError, match="fractions differ"):
+        finetune_labels_saved(metrics)
+
+
+def test_label_efficiency_plot_draws_the_seeds_band_and_the_target(tmp_path):
+    from pixpro.viz import plot_label_efficiency
+
+    curves = {"pretrained": ([0.05, 1.0], [0.3, 0.5]), "random": ([0.05, 1.0], [0.2, 0.45])}
+    seeds = {"pretrained": [[0.28, 0.49], [0.32, 0.51]], "random": [[0.19, 0.44], [0.21, 0.46]]}
+    plot_label_efficiency(curves, tmp_path / "plain.png", "test")
+    plot_label_efficiency(curves, tmp_path / "seeds.png", "test", seeds=seeds, target=0.45)
+    plain, banded = (np.asarray(Image.open(tmp_path / n).convert("RGB"), dtype=np.int64) for n in ("plain.png", "seeds.png"))
+    # The band and the dashed level add ink; the plain picture has none of it.
+    assert plain.shape == banded.shape
+    assert ((banded < 250).any(-1)).sum() > ((plain < 250).any(-1)).sum() * 1.1
 
 
 def test_both_backbones_start_from_the_same_classifier(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ studies:
     settings: {base: "", new: -S pretrain.ppm.window=9}
     baseline: base
     finetune: true
+    labels_saved: true
     provenance:
       - {date: 2026-01-01, machine: box, threads: 1}
       - {setting: [new], seed: [1], threads: 2}
@@ -90,11 +91,39 @@ def test_tables_match_hand_computed_statistics(results_doc, tiny):
         "| new | 5% | 0,1 | 32.0 ± 2.8 | 25.5 ± 0.7 | +6.5 ± 2.1 [-12.6, +25.6] | +5.0, +8.0 |")
     assert line_starting(text, "| new | 100% |").endswith("| +10.0, +12.0 |")
     assert "| base | 5% |" not in text  # base has no fine-tuning scores
+    # Labels saved: both seeds reach random's 100% score (30) already at 5%.
+    assert line_starting(text, "| new | 0,1 | 100% |") == "| new | 0,1 | 100% | >= 20x, >= 20x | >= 20x |"
+    # Only where the study says its budget is meant to converge.
+    (tiny / "studies.yaml").write_text(STUDIES.replace("    labels_saved: true\n", ""))
+    assert "labels saved per seed" not in results_doc.render_results(tiny)
     assert "| `box` | a 2-core test box |" in text
     # The recipe: each setting queued over the CSV's seeds, and compare on the committed rows.
     assert "dvc exp run --queue -S seed=0,1 -S threads=1 -S pretrain.ppm.window=9  # new" in text
     assert ("pixpro compare --results experiments/results/tiny.csv --baseline setting=base "
             "--metric finetune.miou_5pct --metric finetune.miou_100pct") in text
+
+
+def test_labels_saved_table_per_seed_and_median(results_doc):
+    import pandas as pd
+    # Random reaches 40 with all labels. Seed 0 crosses 40 halfway between 5% (30) and 20% (50): 10x;
+    # seed 1 is at 45 already at 5%: >= 20x; seed 2 never reaches 40: none.
+    scores = {0: ((0.30, 0.50, 0.55), (0.2, 0.3, 0.40)), 1: ((0.45, 0.5, 0.6), (0.2, 0.3, 0.40)),
+              2: ((0.20, 0.30, 0.39), (0.2, 0.3, 0.40))}
+    frame = pd.DataFrame([{"setting": "new", "seed": seed,
+                           **{f"{backbone}_finetune.miou_{p}pct": value
+                              for backbone, values in zip(("pretrained", "random"), curves)
+                              for p, value in zip((5, 20, 100), values)}}
+                          for seed, curves in scores.items()])
+    text = "\n".join(results_doc.labels_saved_table(frame))
+    assert line_starting(text, "| new |") == "| new | 0,1,2 | 100% | 10x, >= 20x, none | 10x |"
+    text = "\n".join(results_doc.labels_saved_table(frame[frame["seed"] < 2]))
+    assert line_starting(text, "| new |") == "| new | 0,1 | 100% | 10x, >= 20x | between 10x and >= 20x |"
+    # A seed whose random network gains nothing from more labels has no figure, and no rank.
+    flat = frame.assign(**{"random_finetune.miou_100pct": [0.40, 0.40, 0.1]})
+    text = "\n".join(results_doc.labels_saved_table(flat))
+    assert line_starting(text, "| new |") == "| new | 0,1,2 | 100% | 10x, >= 20x, not converged | between 10x and >= 20x |"
+    # One fraction is no curve: no row.
+    assert results_doc.labels_saved_table(frame.drop(columns=[c for c in frame if "pct" in c and "100pct" not in c])) == []
 
 
 def test_stage_diagnostics_table_matches_hand_computed_means(results_doc):
@@ -186,8 +215,21 @@ def test_every_docs_picture_is_embedded_and_every_embedded_picture_exists():
     # make refresh redraws every docs/*.png: each is one of the picture script's outputs.
     script = load_experiment("docs_pictures")
     drawn = {"docs/pairs.png", *script.CURVES, script.IDD_OVERLAYS[2], script.CONVERGENCE[1]}
+    if (ROOT / script.LABEL_EFFICIENCY[0]).is_file():  # issue 27's study, once its rows exist
+        drawn.add(script.LABEL_EFFICIENCY[2])
     in_docs = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.png")}
     assert in_docs == drawn
+
+
+def test_label_efficiency_picture_from_a_studys_rows(tiny):
+    from PIL import Image
+
+    script = load_experiment("docs_pictures")
+    out = tiny / "label_efficiency.png"
+    script.label_efficiency(tiny / "tiny.csv", "new", str(out))  # seeds 0 (JSON) and 1 (summary.md)
+    assert Image.open(out).size[0] > 300
+    with pytest.raises(SystemExit, match="no runs of setting 'nope'"):
+        script.label_efficiency(tiny / "tiny.csv", "nope", str(out))
 
 
 def heading_anchors(page: Path) -> set[str]:
