@@ -223,7 +223,7 @@ def train_segmenter(model: Segmenter, rows: pd.DataFrame, subset: Tensor, image_
             if (masks != IGNORE).any():
                 for group, base in zip(phase.optimizer.param_groups, phase.base_lrs):
                     group["lr"] = base * phase.schedule[local]
-                with autocast_for(device, cfg.amp):  # a bool: true = bf16 on CUDA only, as pretrain.amp: cuda
+                with autocast_for(device, cfg.amp):
                     logits = model(images.to(device))  # (B, K, h, w)
                 loss = F.cross_entropy(logits.float(), masks, weight=class_weights, ignore_index=IGNORE)
                 if not torch.isfinite(loss):
@@ -257,7 +257,7 @@ def fit_probe_head(model: Segmenter, rows: pd.DataFrame, subset: Tensor, extract
 
 @torch.no_grad()
 def score_segmenter(model: Segmenter, rows: pd.DataFrame, batch_size: int, device: torch.device,
-                    classes: ClassTable, amp: bool, description: str) -> tuple[float, float]:
+                    classes: ClassTable, amp: str, description: str) -> tuple[float, float]:
     """(mIoU, pixel accuracy) on every pixel of `rows` at the prepared resolution, one
     dataset-level confusion matrix (the evaluate stage's protocol)."""
     model.eval()

@@ -19,6 +19,7 @@ from pixpro.config_finetune import FinetuneConfig
 from pixpro.data.classes import ClassTable
 from pixpro.errors import CheckpointError
 from pixpro.features import embed
+from pixpro.precision import amp_setting
 
 
 class Segmenter(nn.Module):
@@ -94,7 +95,7 @@ class FinetunedNetwork(NamedTuple):
     class_names: tuple[str, ...]  # indexed by train id
     image_size: tuple[int, int]  # (H, W) it was trained and scored at
     preprocessing: Preprocessing
-    amp: bool  # scored under bf16 autocast on CUDA
+    amp: str  # its precision setting (pixpro/precision.py), as finetune.amp: predict computes as it was scored
 
 
 def read_finetuned(path: Path) -> FinetunedNetwork:
@@ -113,7 +114,7 @@ def read_finetuned(path: Path) -> FinetunedNetwork:
         if len(names) != weight.shape[0]:
             raise ValueError(f"{len(names)} class names for {weight.shape[0]} classifier outputs")
         return FinetunedNetwork(path, model.eval(), float(saved["fraction"]), names,
-                                tuple(saved["image_size"]), preprocessing, bool(saved["finetune_config"]["amp"]))
+                                tuple(saved["image_size"]), preprocessing, amp_setting(saved["finetune_config"]["amp"]))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         raise CheckpointError(f"{path} is a damaged fine-tuned network ({reason}); delete it and rerun "

@@ -80,7 +80,7 @@ def finetuned_labeller(network: FinetunedNetwork, device: torch.device) -> Label
     model = network.model.eval().to(device)
 
     def label(images: Tensor) -> Tensor:
-        with autocast_for(device, network.amp):  # as score_segmenter: true = bf16 on CUDA only
+        with autocast_for(device, network.amp):  # the precision it was scored in
             return model(images).argmax(1)  # (B, K, h, w) logits -> (B, h, w)
 
     return label

@@ -398,6 +398,11 @@ def test_the_largest_fractions_network_is_saved_and_survives_or_is_retrained_on_
     written = saved.stat().st_mtime_ns
     network = read_finetuned(saved)
     assert network.fraction == 1.0 and network.class_names == classes.names and network.image_size == (32, 64)
+    assert network.amp == "cuda"  # params' finetune.amp: predict computes in the precision it was scored in
+    legacy = torch.load(saved, weights_only=False)  # saved when finetune.amp was a boolean
+    legacy["finetune_config"]["amp"] = False
+    torch.save(legacy, tmp_path / "legacy.pt")
+    assert read_finetuned(tmp_path / "legacy.pt").amp == "off"
     # ... and a resume trains only the 50% fraction, leaving the saved network as it was.
     interrupt = False
     results = run()

@@ -36,6 +36,15 @@ def test_legacy_booleans_keep_their_meaning():
     assert params_from_dict({}).pretrain.amp == "cuda"  # the committed default: CPU stays fp32
 
 
+def test_finetune_amp_takes_the_same_settings():
+    assert params_from_dict({}).finetune.amp == "cuda"  # the committed default: CPU stays fp32
+    assert params_from_dict({"finetune": {"amp": True}}).finetune.amp == "cuda"
+    assert params_from_dict({"finetune": {"amp": False}}).finetune.amp == "off"
+    assert params_from_dict({"finetune": {"amp": "auto"}}).finetune.amp == "auto"
+    with pytest.raises(ConfigError, match=r"finetune.amp = 'fast' is not one of 'auto', 'cuda', 'on', 'off'"):
+        params_from_dict({"finetune": {"amp": "fast"}})
+
+
 def test_an_unknown_setting_is_a_one_line_error():
     with pytest.raises(ConfigError, match=r"pretrain.amp = 'fast' is not one of 'auto', 'cuda', 'on', 'off'"):
         params_from_dict({"pretrain": {"amp": "fast"}})
