@@ -134,7 +134,7 @@ def main() -> None:
         signatures, colour, classes = image_signatures(backbone, train, params.extract.batch_size, num_classes)
         seconds = time.perf_counter() - start
         with open(args.out, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
             if new_file:
                 writer.writeheader()
                 new_file = False

@@ -74,7 +74,7 @@ def main() -> None:
             row = {"label": args.label, "layers": text, "backbone": backbone, "miou": miou, "feature_dim": dim,
                    "seconds": round(seconds, 1)}
             with open(args.out, "a", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+                writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
                 if new_file:
                     writer.writeheader()
                     new_file = False

@@ -92,7 +92,7 @@ def append_rows(out: Path, columns: list[str], rows: list[dict]) -> None:
     """Appends rows to a CSV, with the header first when the file is new."""
     new_file = not out.is_file()
     with open(out, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         if new_file:
             writer.writeheader()
         writer.writerows(rows)
