@@ -26,7 +26,6 @@ variance, so that the random network's can be compared in absolute terms. One CS
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -38,11 +37,12 @@ from pixpro.config import load_params
 from pixpro.data.classes import load_prepared_classes
 from pixpro.features import labelled_batches, load_frozen_backbone, split_rows
 from pixpro.model.backbone import forward_tapped
+from pixpro.regression import held_out_r2
+from pixpro.runs import append_result_rows
 
 COLUMNS = ["data", "setting", "seed", "backbone", "stage", "images", "signature_variance", "r2_colour",
            "r2_classes", "r2_both", "seconds"]
 STAGES = (-5, -4, -3, -2, -1)
-FOLDS = 5
 
 
 def colour_statistics(images: Tensor) -> Tensor:
@@ -59,40 +59,6 @@ def class_composition(masks: Tensor, num_classes: int) -> Tensor:
         counts = torch.bincount(labelled, minlength=num_classes)[:num_classes].float()
         shares.append(counts / counts.sum().clamp(min=1.0))
     return torch.stack(shares)
-
-
-def ridge_fit(design: Tensor, target: Tensor, penalty: float) -> Tensor:
-    """design (N, K) with an intercept column, target (N, C) -> weights (K, C) of ridge
-    regression (the intercept unpenalised)."""
-    eye = torch.eye(design.shape[1], dtype=design.dtype)
-    eye[-1, -1] = 0.0
-    return torch.linalg.solve(design.T @ design + penalty * eye, design.T @ target)
-
-
-def held_out_r2(predictors: Tensor, target: Tensor, folds: int = FOLDS, penalty: float = 1e-2) -> float:
-    """predictors (N, K), target (N, C) -> 1 - sum of squared held-out residuals / total sum of
-    squares around the training folds' mean, over `folds` contiguous folds of the rows.
-
-    Predictors are standardised on the training folds, so the penalty means the same for every
-    description. One constant there (a class the training folds never show) is 0 in their design,
-    so the penalty gives it weight 0."""
-    n = len(target)
-    order = torch.arange(n)
-    residual = total = 0.0
-    for fold in range(folds):
-        test = (order % folds) == fold
-        train = ~test
-        mean, std = predictors[train].mean(dim=0), predictors[train].std(dim=0).clamp(min=1e-6)
-
-        def design(rows: Tensor) -> Tensor:
-            scaled = (predictors[rows] - mean) / std
-            return torch.cat([scaled, torch.ones(len(scaled), 1, dtype=scaled.dtype)], dim=1)
-
-        weights = ridge_fit(design(train), target[train], penalty * train.sum().item())
-        prediction = design(test) @ weights
-        residual += float((target[test] - prediction).pow(2).sum())
-        total += float((target[test] - target[train].mean(dim=0)).pow(2).sum())
-    return 1.0 - residual / max(total, 1e-12)
 
 
 @torch.no_grad()
@@ -127,30 +93,23 @@ def main() -> None:
     prepared = folder / "data" / "prepared"
     train = split_rows(prepared, "train")
     num_classes = load_prepared_classes(prepared).num_classes
-    new_file = not args.out.is_file()
     for kind in args.backbones:
         start = time.perf_counter()
         backbone = load_frozen_backbone(kind, params, folder / "models" / "backbone.pt")
         signatures, colour, classes = image_signatures(backbone, train, params.extract.batch_size, num_classes)
         seconds = time.perf_counter() - start
-        with open(args.out, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
-            if new_file:
-                writer.writeheader()
-                new_file = False
-            for stage, signature in signatures.items():
-                centred = signature - signature.mean(dim=0)
-                row = {"data": args.data, "setting": args.setting, "seed": params.seed, "backbone": kind,
-                       "stage": stage, "images": len(signature),
-                       "signature_variance": float(centred.pow(2).sum(dim=1).mean()),
-                       "r2_colour": held_out_r2(colour, signature), "r2_classes": held_out_r2(classes, signature),
-                       "r2_both": held_out_r2(torch.cat([colour, classes], dim=1), signature),
-                       "seconds": round(seconds, 1)}
-                writer.writerow(row)
-                print(f"{kind:>10} {stage:>3} variance {row['signature_variance']:.4f} "
-                      f"R2 colour {row['r2_colour']:+.3f} classes {row['r2_classes']:+.3f} both {row['r2_both']:+.3f}",
-                      flush=True)
-
+        for stage, signature in signatures.items():
+            centred = signature - signature.mean(dim=0)
+            row = {"data": args.data, "setting": args.setting, "seed": params.seed, "backbone": kind,
+                   "stage": stage, "images": len(signature),
+                   "signature_variance": float(centred.pow(2).sum(dim=1).mean()),
+                   "r2_colour": held_out_r2(colour, signature), "r2_classes": held_out_r2(classes, signature),
+                   "r2_both": held_out_r2(torch.cat([colour, classes], dim=1), signature),
+                   "seconds": round(seconds, 1)}
+            append_result_rows(args.out, COLUMNS, [row])
+            print(f"{kind:>10} {stage:>3} variance {row['signature_variance']:.4f} "
+                  f"R2 colour {row['r2_colour']:+.3f} classes {row['r2_classes']:+.3f} both {row['r2_both']:+.3f}",
+                  flush=True)
 
 if __name__ == "__main__":
     main()

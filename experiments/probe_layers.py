@@ -13,7 +13,6 @@ one CSV row per (layers, backbone) is appended to `--out` as soon as it is measu
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from pixpro.checkpoint import load_checkpoint
+from pixpro.runs import append_result_rows
 
 COLUMNS = ["label", "layers", "backbone", "miou", "feature_dim", "seconds"]
 
@@ -45,7 +45,6 @@ def main() -> None:
     pixpro = str(Path(sys.executable).with_name("pixpro"))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": str(args.threads),
            "MKL_NUM_THREADS": str(args.threads)}
-    new_file = not args.out.is_file()
     for text in args.layers:
         layers = yaml.safe_load(text)
         tag = "_".join(str(x) for x in layers)
@@ -73,12 +72,7 @@ def main() -> None:
             dim = load_checkpoint(out / "bank.pt", "extract")["features"].shape[1]
             row = {"label": args.label, "layers": text, "backbone": backbone, "miou": miou, "feature_dim": dim,
                    "seconds": round(seconds, 1)}
-            with open(args.out, "a", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
-                if new_file:
-                    writer.writeheader()
-                    new_file = False
-                writer.writerow(row)
+            append_result_rows(args.out, COLUMNS, [row])
             print(f"{text:>22} {backbone:>10} mIoU {miou * 100:6.2f}  ({dim} dims, {seconds:.0f} s)", flush=True)
 
 

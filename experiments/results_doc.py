@@ -283,7 +283,7 @@ def layers_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[s
 # The columns that say which measurement a per-measurement row is (the others are what it measured).
 MEASUREMENT_KEYS = ("data", "setting", "seed", "backbone", "bn", "stage")
 # Studies whose CSV holds one row per measurement, not one per run (read as they are).
-ROW_PER_MEASUREMENT_KINDS = ("probe_layers", "stage_diagnostics", "image_signature")
+ROW_PER_MEASUREMENT_KINDS = ("probe_layers", "stage_diagnostics", "image_signature", "position_signal")
 STAGE_NAMES = {"-5": "1/16 res", "-4": "1/8 res", "-3": "1/4 res", "-2": "1/2 res", "-1": "output", "all": "all five"}
 
 
@@ -352,14 +352,15 @@ def stage_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[st
             *table(["data", "setting", "seed", "backbone", "stage", "as saved", "recalibrated"], bn_rows)]
 
 
-def signature_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
-    """image_signature.py rows (data, setting, seed, backbone, stage, signature_variance, r2_colour,
-    r2_classes, r2_both): per data, setting and stage, means over seeds, pretrained against random."""
+def pretrained_random_table(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any],
+                            columns: Sequence[tuple[str, int, str]], ratio: str | None = None) -> list[str]:
+    """Per-measurement rows (data, setting, seed, backbone, stage, then `columns`: (column, digits,
+    title)): per data, setting and stage, each column's mean over seeds, pretrained / random; with
+    `ratio`, that column's pretrained mean over random's too."""
     frame = with_shared_random(frame.assign(stage=frame["stage"].astype(str)))
     names = study.get("data_names", {})
     rows = []
-    order = measured_settings(frame)
-    for data, setting in order:
+    for data, setting in measured_settings(frame):
         group = frame[(frame["data"] == data) & (frame["setting"] == setting)]
         for stage in [s for s in STAGE_NAMES if s in set(group["stage"])]:
             at = group[group["stage"] == stage]
@@ -372,15 +373,31 @@ def signature_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mappin
                          for part in (mine, rand)]
                 return " / ".join(shown)
 
-            ratio = (f"{mine['signature_variance'].mean() / rand['signature_variance'].mean():.1f}×"
-                     if len(mine) and len(rand) else "—")
+            ratios = ([f"{mine[ratio].mean() / rand[ratio].mean():.1f}×" if len(mine) and len(rand) else "—"]
+                      if ratio else [])
+            shown = [pair(column, digits) for column, digits, _ in columns]
+            if ratio:  # the ratio sits right after its own column
+                at_ratio = [column for column, _, _ in columns].index(ratio) + 1
+                shown[at_ratio:at_ratio] = ratios
             rows.append([names.get(data, data), f"`{setting}`", seeds_of(sorted(at["seed"].unique())),
-                         STAGE_NAMES[stage], pair("signature_variance", 4), ratio, pair("r2_colour", 2),
-                         pair("r2_classes", 2), pair("r2_both", 2), where.get("date", "—"),
+                         STAGE_NAMES[stage], *shown, where.get("date", "—"),
                          machine_name(spec, where.get("machine")), where.get("threads", "—")])
-    return table(["data", "setting", "seeds", "stage", "signature variance (pre / rand)", "pre ÷ rand",
-                  "R² colour (pre / rand)", "R² classes (pre / rand)", "R² both (pre / rand)", "date", "machine",
-                  "threads"], rows)
+    titles = [f"{title} (pre / rand)" for _, _, title in columns]
+    if ratio:
+        titles.insert([column for column, _, _ in columns].index(ratio) + 1, "pre ÷ rand")
+    return table(["data", "setting", "seeds", "stage", *titles, "date", "machine", "threads"], rows)
+
+
+def signature_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
+    """image_signature.py rows (signature_variance, r2_colour, r2_classes, r2_both)."""
+    return pretrained_random_table(frame, study, spec, [
+        ("signature_variance", 4, "signature variance"), ("r2_colour", 2, "R² colour"),
+        ("r2_classes", 2, "R² classes"), ("r2_both", 2, "R² both")], ratio="signature_variance")
+
+
+def position_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
+    """position_signal.py rows (r2_row, r2_column: a stage's features predicting where a cell is)."""
+    return pretrained_random_table(frame, study, spec, [("r2_row", 2, "R² row"), ("r2_column", 2, "R² column")])
 
 
 def stage_pairs_against_default(frame: pd.DataFrame, data: str, setting: str,
@@ -436,6 +453,8 @@ def study_section(results: Path, name: str, study: Mapping[str, Any], spec: Mapp
         lines += stage_tables(frame, study, spec)
     elif study.get("kind") == "image_signature":
         lines += signature_tables(frame, study, spec)
+    elif study.get("kind") == "position_signal":
+        lines += position_tables(frame, study, spec)
     else:
         lines += ["Over seeds (points):", "", *settings_table(frame), ""]
         if study.get("baseline"):

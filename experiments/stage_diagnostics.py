@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from pixpro.metrics import ConfusionAccumulator, iou_per_class, mean_iou
 from pixpro.model.backbone import forward_tapped
 from pixpro.model.pixpro import between_group_share, effective_rank
 from pixpro.probe import fit_probe
+from pixpro.runs import append_result_rows
 
 COLUMNS = ["data", "setting", "seed", "backbone", "bn", "stage", "miou", "effective_rank", "total_variance",
            "image_share", "class_share", "activation_spread", "seconds"]
@@ -88,20 +88,10 @@ def raw_spreads(backbone: nn.Module, rows, batch_size: int) -> dict[int, float]:
     return spreads
 
 
-def append_rows(out: Path, columns: list[str], rows: list[dict]) -> None:
-    """Appends rows to a CSV, with the header first when the file is new."""
-    new_file = not out.is_file()
-    with open(out, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
 def write_per_class(out: Path, args: argparse.Namespace, seed: int, kind: str, bn: str, names: tuple[str, ...],
                     scores: dict) -> None:
     """Appends one row per (stage, class): the class's val IoU (empty where the class is absent)."""
-    append_rows(out, PER_CLASS_COLUMNS, [
+    append_result_rows(out, PER_CLASS_COLUMNS, [
         {"data": args.data, "setting": args.setting, "seed": seed, "backbone": kind, "bn": bn, "stage": stage,
          "class_name": name, "iou": "" if iou != iou else iou}
         for stage, accumulator in scores.items() for name, iou in zip(names, iou_per_class(accumulator.conf).tolist())])
@@ -162,7 +152,7 @@ def main() -> None:
                 print(f"{kind:>10} {bn:>12} {stage!s:>4} mIoU {row['miou'] * 100:6.2f} "
                       f"rank {row['effective_rank']:6.1f} var {row['total_variance']:.3f} "
                       f"image {row['image_share']:.3f} class {row['class_share']:.3f}", flush=True)
-            append_rows(args.out, COLUMNS, rows)
+            append_result_rows(args.out, COLUMNS, rows)
             if args.per_class:
                 write_per_class(args.per_class, args, params.seed, kind, bn, classes.names, scores)
 

@@ -9,11 +9,14 @@ Two sources give the same frame:
 - the CSVs under experiments/results/ (`load_result_rows`), written by the seed sweeps of
   earlier sessions, with their per-run folders (finetune scores, per-class IoU).
 
+The diagnostics under experiments/ append their rows with `append_result_rows`.
+
 pixpro.compare groups and summarises the frame.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path, PurePosixPath
@@ -288,3 +291,15 @@ def complete_runs(frame: pd.DataFrame, metrics: Sequence[Metric]) -> Runs:
     left_out = [(name, "missing " + ", ".join(c for c in columns if pd.isna(row[c])))
                 for name, (_, row) in zip(frame.loc[~complete, NAME], frame[~complete].iterrows())]
     return Runs(frame[complete].reset_index(drop=True), left_out, [])
+
+
+def append_result_rows(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Appends rows to a result CSV as they are measured (an interrupted script keeps what it
+    finished), with the header first when the file is new; plain newlines."""
+    path = Path(path)
+    new_file = not path.is_file()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)

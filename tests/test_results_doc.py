@@ -278,6 +278,19 @@ def test_signature_table_matches_hand_computed_means(results_doc):
         "| synthetic | `new` | 0 | output | 0.0500 / — | — | 0.30 / — | 0.10 / — | 0.35 / — | 2026-01-01 | `box` | 2 |")
 
 
+def test_position_table_matches_hand_computed_means(results_doc):
+    import pandas as pd
+    columns = ["data", "setting", "seed", "backbone", "stage", "cells", "r2_row", "r2_column"]
+    rows = [["syn", "default", 0, "pretrained", -5, 10, 0.90, 0.70],
+            ["syn", "default", 1, "pretrained", -5, 10, 0.86, 0.62],
+            ["syn", "default", 0, "random", -5, 10, 0.98, 0.95],
+            ["syn", "default", 1, "random", -5, 10, 0.96, 0.91]]
+    text = "\n".join(results_doc.position_tables(pd.DataFrame(rows, columns=columns), PER_MEASUREMENT_STUDY, BOX_SPEC))
+    # Means over seeds: row 0.88 against 0.97, column 0.66 against 0.93; no ratio column.
+    assert line_starting(text, "| synthetic | `default` | 0,1 | 1/16 res |") == (
+        "| synthetic | `default` | 0,1 | 1/16 res | 0.88 / 0.97 | 0.66 / 0.93 | 2026-01-01 | `box` | 2 |")
+
+
 def test_a_setting_measured_without_its_random_twin_borrows_the_seeds_twin(results_doc):
     import pandas as pd
     columns = ["data", "setting", "seed", "backbone", "bn", "stage", "miou", "image_share", "class_share"]
