@@ -69,21 +69,17 @@ def label_efficiency(csv: Path, setting: str, out: str) -> None:
     """The study's fine-tuned val mIoU against the labelled share: the seeds' mean per backbone,
     each seed as a dot, their min-max band, and the random network's mean score with all labels
     (what "labels saved" is read against) as a dashed level."""
-    import re
-
-    from pixpro.runs import load_result_rows
+    from pixpro.runs import finetune_by_fraction, load_result_rows
     from pixpro.viz import plot_label_efficiency
 
     runs = load_result_rows(csv)
     runs = runs[runs["setting"] == setting].sort_values("seed")
     if runs.empty:
         raise SystemExit(f"{csv} has no runs of setting {setting!r}")
+    fractions, *by_backbone = finetune_by_fraction(runs)
     curves, seeds = {}, {}
-    for backbone in ("pretrained", "random"):
-        columns = sorted((int(m[1]) / 100, c) for c in runs if (m := re.fullmatch(rf"{backbone}_finetune\.miou_(\d+)pct", c))
-                         and runs[c].notna().all())
-        fractions = [f for f, _ in columns]
-        scores = 100 * runs[[c for _, c in columns]].to_numpy()
+    for backbone, scores in zip(("pretrained", "random"), by_backbone):
+        scores = 100 * scores.to_numpy()  # (runs, fractions)
         curves[backbone] = (fractions, scores.mean(0).tolist())
         seeds[backbone] = scores.tolist()
     seed_list = ", ".join(str(s) for s in runs["seed"])

@@ -25,9 +25,7 @@ variance, so that the random network's can be compared in absolute terms. One CS
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -38,7 +36,7 @@ from pixpro.data.classes import load_prepared_classes
 from pixpro.features import labelled_batches, load_frozen_backbone, split_rows
 from pixpro.model.backbone import forward_tapped
 from pixpro.regression import held_out_r2
-from pixpro.runs import append_result_rows
+from pixpro.runs import append_result_rows, measurement_parser
 
 COLUMNS = ["data", "setting", "seed", "backbone", "stage", "images", "signature_variance", "r2_colour",
            "r2_classes", "r2_both", "seconds"]
@@ -80,12 +78,7 @@ def image_signatures(backbone: torch.nn.Module, rows, batch_size: int, num_class
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folder", type=Path, required=True)
-    parser.add_argument("--data", required=True, help="a name for the dataset, e.g. synthetic or idd")
-    parser.add_argument("--setting", required=True, help="a name for the run's params, e.g. default")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--backbones", nargs="+", choices=("pretrained", "random"), default=["pretrained", "random"])
+    parser = measurement_parser(__doc__.splitlines()[0])
     args = parser.parse_args()
 
     folder = args.folder.resolve()
@@ -110,6 +103,7 @@ def main() -> None:
             print(f"{kind:>10} {stage:>3} variance {row['signature_variance']:.4f} "
                   f"R2 colour {row['r2_colour']:+.3f} classes {row['r2_classes']:+.3f} both {row['r2_both']:+.3f}",
                   flush=True)
+
 
 if __name__ == "__main__":
     main()

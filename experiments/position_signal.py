@@ -18,9 +18,7 @@ generator at the finer stages, so that each stage has about as many rows. One CS
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -30,7 +28,7 @@ from pixpro.config import load_params
 from pixpro.features import labelled_batches, load_frozen_backbone, split_rows
 from pixpro.model.backbone import forward_tapped
 from pixpro.regression import held_out_r2
-from pixpro.runs import append_result_rows
+from pixpro.runs import append_result_rows, measurement_parser
 
 COLUMNS = ["data", "setting", "seed", "backbone", "stage", "cells", "r2_row", "r2_column", "seconds"]
 
@@ -67,12 +65,7 @@ def stage_cells(backbone: torch.nn.Module, rows, batch_size: int, cells: int, se
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folder", type=Path, required=True, help="a finished pipeline folder")
-    parser.add_argument("--data", required=True, help="a name for the dataset, e.g. synthetic or idd")
-    parser.add_argument("--setting", required=True, help="a name for the run's params, e.g. default")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--backbones", nargs="+", choices=("pretrained", "random"), default=["pretrained", "random"])
+    parser = measurement_parser(__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=160, help="cells per image at most (the 1/16 grid of 160x224 has 140)")
     args = parser.parse_args()
 

@@ -27,7 +27,7 @@ import yaml
 from pixpro.backbones import BACKBONES
 from pixpro.errors import DataError
 from pixpro.report import labels_saved
-from pixpro.runs import load_result_rows
+from pixpro.runs import finetune_by_fraction, load_result_rows
 from pixpro.stats import Summary, format_summary, paired_differences, summarize, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,23 +202,13 @@ def finetune_table(frame: pd.DataFrame) -> list[str]:
     per setting whose runs all have fine-tuning scores, seeds ascending."""
     rows = []
     for setting, runs in frame.sort_values("seed").groupby("setting", sort=False):
-        fractions, pretrained, random = finetune_curves_of(runs)
+        fractions, pretrained, random = finetune_by_fraction(runs)
         for fraction in fractions:
             gain = pretrained[fraction] - random[fraction]
             rows.append([setting, f"{100 * fraction:g}%", seeds_of(runs["seed"]), points(summarize(pretrained[fraction])),
                          points(summarize(random[fraction])), interval(summarize(gain)),
                          ", ".join(f"{v * 100:+.1f}" for v in gain)])
     return table(["setting", "labels", "seeds", "pretrained", "random", "gain [95%]", "gain per seed"], rows)
-
-
-def finetune_curves_of(runs: pd.DataFrame) -> tuple[list[float], pd.DataFrame, pd.DataFrame]:
-    """(fractions ascending, pretrained, random): the fine-tuned mIoU of each run (rows, the
-    frame's order) at each fraction (columns) that every run has for both backbones."""
-    shares = sorted((int(m[1]) / 100, pair) for suffix, pair in backbone_columns(runs, "finetune.").items()
-                    if (m := FINETUNE_KEY.fullmatch(suffix)))
-    fractions = [fraction for fraction, _ in shares]
-    return (fractions, runs[[p for _, (p, _r) in shares]].set_axis(fractions, axis=1),
-            runs[[r for _, (_p, r) in shares]].set_axis(fractions, axis=1))
 
 
 def labels_saved_table(frame: pd.DataFrame) -> list[str]:
@@ -228,7 +218,7 @@ def labels_saved_table(frame: pd.DataFrame) -> list[str]:
     random network gains nothing from more labels (an unconverged budget) as 'not converged'."""
     rows = []
     for setting, runs in frame.sort_values("seed").groupby("setting", sort=False):
-        fractions, pretrained, random = finetune_curves_of(runs)
+        fractions, pretrained, random = finetune_by_fraction(runs)
         if len(fractions) < 2:
             continue
         saved = [labels_saved(fractions, list(p), list(r))

@@ -42,7 +42,7 @@ from pixpro.metrics import ConfusionAccumulator, iou_per_class, mean_iou
 from pixpro.model.backbone import forward_tapped
 from pixpro.model.pixpro import between_group_share, effective_rank
 from pixpro.probe import fit_probe
-from pixpro.runs import append_result_rows
+from pixpro.runs import append_result_rows, measurement_parser
 
 COLUMNS = ["data", "setting", "seed", "backbone", "bn", "stage", "miou", "effective_rank", "total_variance",
            "image_share", "class_share", "activation_spread", "seconds"]
@@ -98,13 +98,7 @@ def write_per_class(out: Path, args: argparse.Namespace, seed: int, kind: str, b
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folder", type=Path, required=True)
-    parser.add_argument("--data", required=True, help="a name for the dataset, e.g. synthetic or idd")
-    parser.add_argument("--setting", required=True, help="a name for the run's params, e.g. default")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--backbones", nargs="+", choices=("pretrained", "random"), default=["pretrained", "random"],
-                        help="random: the same for every setting of a seed, so measure it once")
+    parser = measurement_parser(__doc__.splitlines()[0])
     parser.add_argument("--bn", nargs="+", choices=("as_saved", "recalibrated"), default=["as_saved"])
     parser.add_argument("--per-class", type=Path, help="also append each stage's val IoU per class to this CSV")
     args = parser.parse_args()

@@ -186,14 +186,15 @@ def summary_markdown(segmentation_dir: Path, retrieval_dir: Path, finetune_dir: 
     per_class = per_class_table(segmentation, retrieval)
     finetune = []
     if finetune_dir is not None:
+        scores = read_metrics(finetune_dir)
         finetune = [
             "## Label efficiency (fine-tuned end to end, val mIoU)",
             "",
-            finetune_table(read_metrics(finetune_dir)).to_markdown(floatfmt=".4f"),
+            finetune_table(scores).to_markdown(floatfmt=".4f"),
             "",
         ]
-        if len(finetune_curves(read_metrics(finetune_dir))["pretrained"][0]) > 1:
-            finetune += [f"Labels saved: {finetune_labels_saved(read_metrics(finetune_dir)).describe()}.", ""]
+        if len(finetune_curves(scores)["pretrained"][0]) > 1:
+            finetune += [f"Labels saved: {finetune_labels_saved(scores).describe()}.", ""]
     return "\n".join([
         "# Pretrained vs random initialisation",
         "",

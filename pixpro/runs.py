@@ -16,9 +16,11 @@ pixpro.compare groups and summarises the frame.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -293,6 +295,23 @@ def complete_runs(frame: pd.DataFrame, metrics: Sequence[Metric]) -> Runs:
     return Runs(frame[complete].reset_index(drop=True), left_out, [])
 
 
+
+def finetune_by_fraction(frame: pd.DataFrame) -> tuple[list[float], pd.DataFrame, pd.DataFrame]:
+    """(fractions ascending, pretrained, random) of a runs frame: each run's fine-tuned mIoU
+    (rows, the frame's order) at each labelled fraction (columns) that every run has for both
+    backbones, from the `<backbone>_finetune.miou_<p>pct` columns."""
+    shares = []
+    for column in frame.columns:
+        found = re.fullmatch(r"pretrained_finetune\.miou_(\d+)pct", column)  # score_column's spelling
+        if found:
+            twin = score_column("random", parse_metric(f"finetune.miou_{found[1]}pct"))
+            if twin in frame and frame[[column, twin]].notna().all().all():
+                shares.append((int(found[1]) / 100, column, twin))
+    shares.sort()
+    fractions = [fraction for fraction, _, _ in shares]
+    return (fractions, frame[[p for _, p, _ in shares]].set_axis(fractions, axis=1),
+            frame[[r for _, _, r in shares]].set_axis(fractions, axis=1))
+
 def append_result_rows(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
     """Appends rows to a result CSV as they are measured (an interrupted script keeps what it
     finished), with the header first when the file is new; plain newlines."""
@@ -303,3 +322,17 @@ def append_result_rows(path: Path, columns: Sequence[str], rows: Sequence[Mappin
         if new_file:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def measurement_parser(description: str) -> argparse.ArgumentParser:
+    """The command line every per-measurement diagnostic under experiments/ shares: the finished
+    pipeline folder it reads, the names its rows carry (data, setting), the CSV it appends to and
+    the backbones it measures; a script adds its own options."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--folder", type=Path, required=True, help="a finished pipeline folder")
+    parser.add_argument("--data", required=True, help="a name for the dataset, e.g. synthetic or idd")
+    parser.add_argument("--setting", required=True, help="a name for the run's params, e.g. default")
+    parser.add_argument("--out", type=Path, required=True, help="the CSV to append rows to")
+    parser.add_argument("--backbones", nargs="+", choices=BACKBONES, default=list(BACKBONES),
+                        help="random: the same for every setting of a seed, so measure it once")
+    return parser

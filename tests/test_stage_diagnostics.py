@@ -32,3 +32,15 @@ def test_per_class_rows_hold_each_stages_iou_and_leave_an_absent_class_empty(dia
     assert float(rows[0]["iou"]) == pytest.approx(0.75)
     assert float(rows[1]["iou"]) == pytest.approx(0.5)
     assert rows[2]["iou"] == ""
+
+
+def test_the_diagnostics_share_one_command_line():
+    from pixpro.runs import measurement_parser
+
+    args = measurement_parser("test").parse_args(["--folder", "/tmp/run", "--data", "idd", "--setting", "default",
+                                                  "--out", "rows.csv"])
+    assert (str(args.folder), args.data, args.setting, str(args.out)) == ("/tmp/run", "idd", "default", "rows.csv")
+    assert args.backbones == ["pretrained", "random"]
+    with pytest.raises(SystemExit):
+        measurement_parser("test").parse_args(["--folder", "x", "--data", "d", "--setting", "s", "--out", "o",
+                                               "--backbones", "imagenet"])
