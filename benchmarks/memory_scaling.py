@@ -149,8 +149,10 @@ def _setup(device_name: str, window: int | None, params_path: str):
     device = torch.device(device_name)
     params = load_params(params_path)
     pre = params.pretrain
+    # The output's pixel heads alone: the stage term's heads would need a deeper UNet and their own pairs.
     cfg = dataclasses.replace(pre, ppm=dataclasses.replace(pre.ppm, window=window),
-                              backbone=dataclasses.replace(pre.backbone, arch="unet", widths=(4, 8)))
+                              backbone=dataclasses.replace(pre.backbone, arch="unet", widths=(4, 8)),
+                              loss=dataclasses.replace(pre.loss, stages=0.0))
     torch.manual_seed(0)
     model = PixPro(cfg).to(device).train()
     return torch, device, cfg, model

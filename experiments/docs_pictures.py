@@ -40,7 +40,7 @@ IDD_OVERLAYS = (IDD / "contrast_only_seed0" / "pretrained_overlays.png", "idd_li
 
 
 # Fine-tuning's val curves at N and 2N steps (the convergence check of the label-efficiency budget).
-CONVERGENCE = ({"250 steps": "docs/finetune_convergence_250.csv", "500 steps": "docs/finetune_convergence_500.csv"},
+CONVERGENCE = ({"1000 steps": "docs/finetune_convergence_1000.csv", "2000 steps": "docs/finetune_convergence_2000.csv"},
                "docs/finetune_convergence.png")
 
 
@@ -62,29 +62,36 @@ def convergence(curves: dict[str, str], out: str) -> None:
 
 # Issue 27's label-efficiency study on its converged budget: (result CSV, setting, picture). Its
 # rows land once the study has run; until then the picture is skipped, and says so.
-LABEL_EFFICIENCY = (RESULTS / "idd_lite_label_efficiency.csv", "contrast_only", "docs/label_efficiency.png")
+LABEL_EFFICIENCY = (RESULTS / "idd_lite_label_efficiency.csv", "stages", "docs/label_efficiency.png")
 
 
 def label_efficiency(csv: Path, setting: str, out: str) -> None:
-    """The study's fine-tuned val mIoU against the labelled share: the seeds' mean per backbone,
-    each seed as a dot, their min-max band, and the random network's mean score with all labels
-    (what "labels saved" is read against) as a dashed level."""
-    from pixpro.runs import finetune_by_fraction, load_result_rows
+    """The study's val mIoU against the labelled share (experiments/label_study.py rows): each
+    backbone fine-tuned and the pretrained backbone's frozen probe on the same images, as the
+    seeds' mean, each seed a dot, their min-max band, and the random network's mean score with
+    all labels (what "labels saved" is read against) as a dashed level. Seeds that lack a
+    fraction or a backbone (a study still running) are left out."""
+    import pandas as pd
+
     from pixpro.viz import plot_label_efficiency
 
-    runs = load_result_rows(csv)
-    runs = runs[runs["setting"] == setting].sort_values("seed")
-    if runs.empty:
-        raise SystemExit(f"{csv} has no runs of setting {setting!r}")
-    fractions, *by_backbone = finetune_by_fraction(runs)
+    rows = pd.read_csv(csv)
+    rows = rows[rows["setting"] == setting]
+    tuned = rows.pivot_table(index="seed", columns=["backbone", "fraction"], values="finetuned_miou").dropna()
+    if tuned.empty:
+        raise SystemExit(f"{csv} has no seed of setting {setting!r} with both backbones at every fraction")
+    probe = rows.pivot_table(index="seed", columns=["backbone", "fraction"], values="probe_miou").loc[tuned.index]
+    lines = {"pretrained, fine-tuned": tuned["pretrained"], "random, fine-tuned": tuned["random"],
+             "pretrained, frozen probe": probe["pretrained"]}
     curves, seeds = {}, {}
-    for backbone, scores in zip(("pretrained", "random"), by_backbone):
-        scores = 100 * scores.to_numpy()  # (runs, fractions)
-        curves[backbone] = (fractions, scores.mean(0).tolist())
-        seeds[backbone] = scores.tolist()
-    seed_list = ", ".join(str(s) for s in runs["seed"])
+    for name, scores in lines.items():
+        fractions = sorted(scores.columns)
+        values = 100 * scores[fractions].to_numpy()  # (seeds, fractions)
+        curves[name] = (fractions, values.mean(0).tolist())
+        seeds[name] = values.tolist()
+    seed_list = ", ".join(str(s) for s in tuned.index)
     plot_label_efficiency(curves, Path(out), f"{csv.stem}, `{setting}`, seeds {seed_list}", seeds=seeds,
-                          target=curves["random"][1][-1], xlabel="labelled train images (share)")
+                          target=curves["random, fine-tuned"][1][-1], xlabel="labelled train images (share)")
 
 
 def run(*command: str) -> None:

@@ -219,22 +219,69 @@ def labels_saved_table(frame: pd.DataFrame) -> list[str]:
     rows = []
     for setting, runs in frame.sort_values("seed").groupby("setting", sort=False):
         fractions, pretrained, random = finetune_by_fraction(runs)
-        if len(fractions) < 2:
-            continue
-        saved = [labels_saved(fractions, list(p), list(r))
-                 for p, r in zip(pretrained.itertuples(index=False), random.itertuples(index=False))]
-        shown = [{"never": "none", "unconverged": "not converged"}.get(s.bound)
-                 or f"{'>= ' if s.bound == 'at_most' else ''}{s.factor:.2g}x" for s in saved]
-        # The median as one of the runs' own entries (a bound stays a bound); 'none' ranks lowest,
-        # and a run whose random curve is flat has no figure to rank.
-        ordered = [text for _, text in sorted((0.0 if s.bound == "never" else s.factor, text)
-                                              for s, text in zip(saved, shown) if s.bound != "unconverged")]
-        low, high = (ordered[(len(ordered) - 1) // 2], ordered[len(ordered) // 2]) if ordered else ("—", "—")
-        middle = low if low == high else f"between {low} and {high}"
-        rows.append([setting, seeds_of(runs["seed"]), f"{100 * fractions[-1]:g}%", ", ".join(shown), middle])
+        if len(fractions) >= 2:
+            rows.append(labels_saved_row(setting, runs["seed"], fractions, pretrained, random))
     if not rows:
         return []
-    return table(["setting", "seeds", "random's score at", "labels saved per seed", "median"], rows)
+    return table(LABELS_SAVED_HEADER, rows)
+
+
+LABELS_SAVED_HEADER = ["setting", "seeds", "random's score at", "labels saved per seed", "median"]
+
+
+def labels_saved_row(setting: str, seeds: Sequence[int], fractions: Sequence[float], pretrained: pd.DataFrame,
+                     random: pd.DataFrame) -> list[Any]:
+    """One labels-saved row: pretrained and random are (seeds, fractions) fine-tuned mIoUs."""
+    saved = [labels_saved(fractions, list(p), list(r))
+             for p, r in zip(pretrained.itertuples(index=False), random.itertuples(index=False))]
+    shown = [{"never": "none", "unconverged": "not converged"}.get(s.bound)
+             or f"{'>= ' if s.bound == 'at_most' else ''}{s.factor:.2g}x" for s in saved]
+    # The median as one of the runs' own entries (a bound stays a bound); 'none' ranks lowest,
+    # and a run whose random curve is flat has no figure to rank.
+    ordered = [text for _, text in sorted((0.0 if s.bound == "never" else s.factor, text)
+                                          for s, text in zip(saved, shown) if s.bound != "unconverged")]
+    low, high = (ordered[(len(ordered) - 1) // 2], ordered[len(ordered) // 2]) if ordered else ("—", "—")
+    middle = low if low == high else f"between {low} and {high}"
+    return [setting, seeds_of(seeds), f"{100 * fractions[-1]:g}%", ", ".join(shown), middle]
+
+
+def label_efficiency_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
+    """experiments/label_study.py rows (one per data, setting, seed, backbone, fraction): per
+    fraction the fine-tuned scores of both backbones and their paired gain, the frozen probe that
+    fine-tuning started from and what fine-tuning added to it; then labels saved per seed."""
+    lines = []
+    names = study.get("data_names", {})
+    for (data, setting), group in frame.groupby(["data", "setting"], sort=False):
+        tuned = group.pivot_table(index="seed", columns=["backbone", "fraction"], values="finetuned_miou")
+        probe = group.pivot_table(index="seed", columns=["backbone", "fraction"], values="probe_miou")
+        if not {"pretrained", "random"} <= set(tuned.columns.get_level_values(0)):
+            continue
+        # the seeds with both backbones at every fraction (a seed still running is left out)
+        complete = tuned.dropna()
+        pretrained, random = complete["pretrained"], complete["random"]
+        fractions = sorted(pretrained.columns)
+        images = group.groupby("fraction")["labelled_images"].first()
+        where = provenance(study, setting, int(complete.index[0])) if len(complete) else {}
+        rows = []
+        for fraction in fractions:
+            gain = pretrained[fraction] - random[fraction]
+            added = pretrained[fraction] - probe["pretrained"].loc[complete.index, fraction]
+            rows.append([f"{100 * fraction:g}%", int(images[fraction]), seeds_of(complete.index),
+                         points(summarize(pretrained[fraction])), points(summarize(random[fraction])),
+                         interval(summarize(gain)), ", ".join(f"{v * 100:+.1f}" for v in gain),
+                         points(summarize(probe["pretrained"].loc[complete.index, fraction])),
+                         interval(summarize(added))])
+        lines += [f"{names.get(data, data)}, `{setting}` ({where.get('date', '—')}, "
+                  f"{machine_name(spec, where.get('machine'))}, {where.get('threads', '—')} threads), in points:", "",
+                  *table(["labels", "images", "seeds", "pretrained fine-tuned", "random fine-tuned", "gain [95%]",
+                          "gain per seed", "pretrained probe (frozen)", "fine-tuning adds [95%]"], rows), ""]
+        if len(fractions) >= 2 and len(complete):
+            lines += ["Labels saved: how many times fewer labels the pretrained network needs to reach the "
+                      "random network's score on the largest fraction (interpolated on a log scale between "
+                      "measured fractions; per seed, against its own random run):", "",
+                      *table(LABELS_SAVED_HEADER, [labels_saved_row(setting, complete.index, fractions,
+                                                                    pretrained, random)]), ""]
+    return lines
 
 
 def layers_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
@@ -273,7 +320,8 @@ def layers_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[s
 # The columns that say which measurement a per-measurement row is (the others are what it measured).
 MEASUREMENT_KEYS = ("data", "setting", "seed", "backbone", "bn", "stage")
 # Studies whose CSV holds one row per measurement, not one per run (read as they are).
-ROW_PER_MEASUREMENT_KINDS = ("probe_layers", "stage_diagnostics", "image_signature", "position_signal")
+ROW_PER_MEASUREMENT_KINDS = ("probe_layers", "stage_diagnostics", "image_signature", "position_signal",
+                             "label_efficiency")
 STAGE_NAMES = {"-5": "1/16 res", "-4": "1/8 res", "-3": "1/4 res", "-2": "1/2 res", "-1": "output", "all": "all five"}
 
 
@@ -445,6 +493,8 @@ def study_section(results: Path, name: str, study: Mapping[str, Any], spec: Mapp
         lines += signature_tables(frame, study, spec)
     elif study.get("kind") == "position_signal":
         lines += position_tables(frame, study, spec)
+    elif study.get("kind") == "label_efficiency":
+        lines += label_efficiency_tables(frame, study, spec)
     else:
         lines += ["Over seeds (points):", "", *settings_table(frame), ""]
         if study.get("baseline"):
@@ -490,6 +540,7 @@ def render_results(results: Path) -> str:
              "run (the random baseline shares the seed). ± is the sample std over seeds, [low, high] "
              "the 95% t-interval of the mean. Results depend on the CPU type and the thread count "
              "([determinism](method.md#determinism)): compare settings run on one machine, over seeds.",
+             *(["", " ".join(spec["preamble"].split())] if spec.get("preamble") else []),
              "", "## Contents", ""]
     lines += [f"- [{s['title']}](#{anchor(s['title'])})" for s in studies.values()]
     lines += ["", "Machines (the `machine` column):", "",

@@ -154,7 +154,7 @@ class LossConfig:
     coarse: float = 0.0
     coarse_stride: int = 8
     # Pixel InfoNCE on coarser decoder stages, each with pairs on its own grid (mean over stages).
-    stages: float = 0.0
+    stages: float = 1.0
     stage_layers: tuple[int, ...] = (-5, -4, -3, -2)  # as probe.layers: -5 = 1/16 res ... -2 = 1/2 res
     stage_pairs: int = 64  # pairs per image and stage (fewer where the stage's grid has fewer bins)
     # Image-level InfoNCE on the encoder's pooled deepest map: the other images of the batch are negatives.

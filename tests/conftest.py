@@ -81,6 +81,7 @@ TINY_PRETRAIN: dict[str, Any] = {
     "pretrain.checkpoint_every": 100,
     "pretrain.backbone.arch": "unet",
     "pretrain.backbone.widths": [4, 8],
+    "pretrain.loss.stage_layers": [-2],  # the default's stage term on the one coarser stage a 2-level UNet has
     "pretrain.backbone.dim": 8,
     "pretrain.views.size": [16, 32],
     "pretrain.pairs.candidates": 64,
@@ -192,8 +193,11 @@ THREE_CLASSES_CSV = """value,train_id,name,color
 
 def tiny_pretrain_config(window: int = 3, **overrides: Any):
     """A PretrainConfig of a 2-level classic UNet on 8 x 12 views, for model and loss unit tests."""
-    from pixpro.config import BackboneConfig, PairsConfig, PPMConfig, PretrainConfig, ProjectorConfig, ViewsConfig
+    from pixpro.config import (BackboneConfig, LossConfig, PairsConfig, PPMConfig, PretrainConfig, ProjectorConfig,
+                               ViewsConfig)
 
+    # The output's terms alone: unit tests call the model with pixel pairs only (no per-stage pairs).
+    overrides.setdefault("loss", LossConfig(stages=0.0))
     return PretrainConfig(backbone=BackboneConfig(arch="unet", widths=(8, 16), dim=8), views=ViewsConfig(size=(8, 12)),
                           pairs=PairsConfig(candidates=32, neighbours=2, num=24),
                           ppm=PPMConfig(window=window), projector=ProjectorConfig(hidden=16, out=8), **overrides)

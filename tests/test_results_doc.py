@@ -221,15 +221,44 @@ def test_every_docs_picture_is_embedded_and_every_embedded_picture_exists():
     assert in_docs == drawn
 
 
-def test_label_efficiency_picture_from_a_studys_rows(tiny):
+def label_study_rows():
+    """experiments/label_study.py rows: seeds 0 and 1 finished, seed 2 still running (pretrained only).
+    (seed, fraction): pretrained fine-tuned, random fine-tuned, pretrained probe."""
+    import pandas as pd
+    scores = {(0, 0.05): (0.30, 0.20, 0.25), (0, 1.0): (0.40, 0.35, 0.38),
+              (1, 0.05): (0.34, 0.22, 0.27), (1, 1.0): (0.42, 0.37, 0.40)}
+    rows = []
+    for (seed, fraction), (pretrained, random, probe) in scores.items():
+        for backbone, tuned, frozen in (("pretrained", pretrained, probe), ("random", random, probe - 0.1)):
+            rows.append(["syn", "stages", seed, backbone, fraction, int(fraction * 20), frozen, tuned])
+    rows.append(["syn", "stages", 2, "pretrained", 0.05, 1, 0.2, 0.3])
+    return pd.DataFrame(rows, columns=["data", "setting", "seed", "backbone", "fraction", "labelled_images",
+                                       "probe_miou", "finetuned_miou"])
+
+
+def test_label_efficiency_table_matches_hand_computed_statistics(results_doc):
+    text = "\n".join(results_doc.label_efficiency_tables(label_study_rows(), PER_MEASUREMENT_STUDY, BOX_SPEC))
+    assert "synthetic, `stages` (2026-01-01, `box`, 2 threads)" in text
+    # 5%: gains +10, +12 (mean 11, std sqrt(2), half-width 12.706); fine-tuning adds +5, +7 to the probe.
+    assert line_starting(text, "| 5% |") == (
+        "| 5% | 1 | 0,1 | 32.0 ± 2.8 | 21.0 ± 1.4 | +11.0 ± 1.4 [-1.7, +23.7] | +10.0, +12.0 | 26.0 ± 1.4 "
+        "| +6.0 ± 1.4 [-6.7, +18.7] |")
+    assert line_starting(text, "| 100% |").startswith("| 100% | 20 | 0,1 | 41.0 ± 1.4 | 36.0 ± 1.4 |")
+    # Labels saved: seed 0 reaches 35 halfway (in log) from 5% (30) to 100% (40): sqrt(0.05) = 1/4.47;
+    # seed 1 reaches 37 at 3/8 of the way from 34 to 42: 0.05 ** (5/8) = 1/6.5. Seed 2 is left out.
+    assert line_starting(text, "| stages |") == "| stages | 0,1 | 100% | 4.5x, 6.5x | between 4.5x and 6.5x |"
+
+
+def test_label_efficiency_picture_from_a_studys_rows(tmp_path):
     from PIL import Image
 
     script = load_experiment("docs_pictures")
-    out = tiny / "label_efficiency.png"
-    script.label_efficiency(tiny / "tiny.csv", "new", str(out))  # seeds 0 (JSON) and 1 (summary.md)
+    label_study_rows().to_csv(tmp_path / "study.csv", index=False)
+    out = tmp_path / "label_efficiency.png"
+    script.label_efficiency(tmp_path / "study.csv", "stages", str(out))
     assert Image.open(out).size[0] > 300
-    with pytest.raises(SystemExit, match="no runs of setting 'nope'"):
-        script.label_efficiency(tiny / "tiny.csv", "nope", str(out))
+    with pytest.raises(SystemExit, match="no seed of setting 'nope'"):
+        script.label_efficiency(tmp_path / "study.csv", "nope", str(out))
 
 
 def heading_anchors(page: Path) -> set[str]:
