@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / "data/prepared"))
     parser.add_argument("--size", default="128x256",
                         help="HxW of the synthetic set made when --data has no manifest")
-    parser.add_argument("--amp", default="off", choices=("auto", "cuda", "on", "off"),
+    parser.add_argument("--amp", default="off", choices=("auto", "cuda", "always", "off"),
                         help="what-if: evaluate and bare forward under bf16 autocast as this setting decides "
                              "(pixpro/precision.py); the evaluate stage runs fp32")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))

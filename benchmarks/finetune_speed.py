@@ -1,4 +1,4 @@
-"""Seconds per fine-tuning step and per val pass, bf16 autocast (`finetune.amp: on`) against fp32
+"""Seconds per fine-tuning step and per val pass, bf16 autocast (`finetune.amp: always`) against fp32
 (`off`), measured side by side: does CPU bf16 pay for the label-efficiency study?
 
 The step is the finetune stage's own work on params.yaml's backbone plus the 1x1 classifier
@@ -69,7 +69,7 @@ def main() -> None:
     crops = torch.randn(args.batch, 3, *args.crop)
     masks = torch.randint(0, CLASSES, (args.batch, *args.crop))
     whole = torch.randn(args.batch, 3, *args.size)
-    models = {amp: copy.deepcopy(base).train() for amp in ("off", "on")}
+    models = {amp: copy.deepcopy(base).train() for amp in ("off", "always")}
     steps = interleaved({f"step {amp}": step_fn(m, amp, crops, masks) for amp, m in models.items()},
                         args.repeats, CPU)
     for m in models.values():

@@ -139,7 +139,7 @@ def measure_size(size_text: str, base, args, device: torch.device, precision: st
     optimizer = build_optimizer(model, cfg.optim, cfg.optim.base_lr * args.batch / 256,
                                 fused=cfg.optim.name != "lars")  # as the trainer builds it
     # The trainer's context (pixpro.precision.autocast_for), forced to this precision.
-    amp = autocast_for(device, "on" if precision == "bf16" else "off")
+    amp = autocast_for(device, "always" if precision == "bf16" else "off")
 
     def autocast():
         return amp

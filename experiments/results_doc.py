@@ -359,8 +359,9 @@ def stage_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[st
         group = frame[(frame["data"] == data) & (frame["setting"] == setting)]
         wide = group.pivot_table(index=["stage", "seed"], columns="backbone",
                                  values=["miou", "image_share", "class_share"]).reset_index()
-        if setting != "default":
-            paired += stage_pairs_against_default(frame, data, setting, names)
+        baseline = study.get("baselines", {}).get(setting, "default")
+        if setting != baseline:
+            paired += stage_pairs_against_default(frame, data, setting, names, baseline)
         for stage in [s for s in STAGE_NAMES if s in set(wide["stage"])]:
             at = wide[wide["stage"] == stage]
             seeds = at["seed"].tolist()
@@ -376,8 +377,8 @@ def stage_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[st
     lines = table(["data", "setting", "seeds", "stage", "pretrained", "random", "gain [95%]",
                    "image share (pre / rand)", "class share (pre / rand)", "date", "machine", "threads"], rows)
     if paired:
-        lines += ["", "Each setting's gain minus `default`'s, paired by seed (points; the random "
-                      "baseline is shared by a seed's settings):", "",
+        lines += ["", "Each setting's gain minus `default`'s (or the baseline named after it), paired by "
+                      "seed (points; the random baseline is shared by a seed's settings):", "",
                   *table(["data", "setting", "shared seeds", "stage", "Δ gain [95%]"], paired)]
     if recalibrated.empty:
         return lines
@@ -439,20 +440,22 @@ def position_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping
 
 
 def stage_pairs_against_default(frame: pd.DataFrame, data: str, setting: str,
-                                names: Mapping[str, str]) -> list[list[Any]]:
-    """Rows of Δ gain (setting − default, paired by seed) at the 1/16 stage, the output and all stages."""
+                                names: Mapping[str, str], baseline: str = "default") -> list[list[Any]]:
+    """Rows of Δ gain (setting − baseline, paired by seed) at the 1/16 stage, the output and all
+    stages; a baseline other than `default` is named in the setting's cell."""
     def gains(name: str) -> pd.DataFrame:
         rows = frame[(frame["data"] == data) & (frame["setting"] == name)]
         wide = rows.pivot_table(index=["stage", "seed"], columns="backbone", values="miou")
         return (wide["pretrained"] - wide["random"]).unstack("stage")  # (seed, stage)
 
-    if not ((frame["data"] == data) & (frame["setting"] == "default")).any():
+    if not ((frame["data"] == data) & (frame["setting"] == baseline)).any():
         return []  # no baseline measured on this data
-    mine, base = gains(setting), gains("default")
+    mine, base = gains(setting), gains(baseline)
     shared = sorted(set(mine.index) & set(base.index))
     if not shared:
         return []
-    return [[names.get(data, data), f"`{setting}`", seeds_of(shared), STAGE_NAMES[stage],
+    shown = f"`{setting}`" if baseline == "default" else f"`{setting}` − `{baseline}`"
+    return [[names.get(data, data), shown, seeds_of(shared), STAGE_NAMES[stage],
              interval(summarize(paired_differences(mine.loc[shared, stage], base.loc[shared, stage])))]
             for stage in ("-5", "-1", "all") if stage in mine.columns and stage in base.columns]
 

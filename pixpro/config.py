@@ -29,7 +29,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from pixpro.config_base import ParamsLoader, build
+from pixpro.config_base import ParamsLoader, build, legacy_amp
 from pixpro.config_data import DataConfig
 from pixpro.config_eval import EvaluateConfig, ExtractConfig, ProbeConfig, RetrievalConfig
 from pixpro.config_finetune import FinetuneConfig
@@ -214,7 +214,7 @@ class PretrainConfig:
     rdzv_endpoint: str = "localhost:29400"
     workers: int = 2
     # bf16 autocast: auto | cuda | on | off (pixpro/precision.py); legacy true = cuda, false = off
-    amp: Literal["auto", "cuda", "on", "off"] | bool = "cuda"
+    amp: Literal["auto", "cuda", "always", "off"] | bool = "cuda"
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False
@@ -224,7 +224,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):  # one spelling downstream: true meant bf16 on CUDA only
-            object.__setattr__(self, "amp", "cuda" if self.amp else "off")
+            object.__setattr__(self, "amp", legacy_amp(self.amp, "pretrain.amp"))
 
     def validate(self, key: str) -> None:
         _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")

@@ -13,11 +13,24 @@ import math
 import re
 import types
 import typing
+import warnings
 from typing import Any, Literal
 
 import yaml
 
 from pixpro.errors import ConfigError
+
+# `amp` (pretrain, finetune): which precision a stage computes in (pixpro/precision.py).
+AMP_SETTINGS = ("auto", "cuda", "always", "off")
+LEGACY_AMP = {True: "cuda", False: "off"}  # params files from before the CPU setting existed
+
+
+def legacy_amp(setting: bool, key: str) -> str:
+    """A boolean `amp` as its old meaning, with a warning naming the spellings that are not booleans."""
+    meaning = LEGACY_AMP[setting]
+    warnings.warn(f"{key}: {str(setting).lower()} is read as the old boolean, `{meaning}` (YAML turns an unquoted "
+                  f"on/yes/true into true); write one of {', '.join(AMP_SETTINGS)}", UserWarning, stacklevel=3)
+    return meaning
 
 
 class ParamsLoader(yaml.SafeLoader):

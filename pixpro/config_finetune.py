@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pixpro.config_base import legacy_amp
 from pixpro.errors import require as _require
 
 
@@ -33,12 +34,12 @@ class FinetuneConfig:
     class_weighting: Literal["none", "balanced"] = "none"  # balanced: cross-entropy weights N / (K x N_c)
     eval_every: int = 0  # steps between val scores (the convergence curve); 0 = the end only
     workers: int = 0
-    # bf16 autocast: auto | cuda | on | off, as pretrain.amp (pixpro/precision.py); legacy true = cuda
-    amp: Literal["auto", "cuda", "on", "off"] | bool = "cuda"
+    # bf16 autocast: auto | cuda | always | off, as pretrain.amp (pixpro/precision.py); legacy true = cuda
+    amp: Literal["auto", "cuda", "always", "off"] | bool = "cuda"
 
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):  # one spelling downstream, as PretrainConfig
-            object.__setattr__(self, "amp", "cuda" if self.amp else "off")
+            object.__setattr__(self, "amp", legacy_amp(self.amp, "finetune.amp"))
 
     def validate(self, key: str) -> None:
         _require(len(self.label_fractions) >= 1, f"{key}.label_fractions", "must list at least one fraction")

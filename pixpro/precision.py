@@ -6,8 +6,9 @@ Settings (`pretrain.amp`):
   seed sweep shows what bf16 does to the features on CPU.
 - `auto`: bf16 on CUDA, and on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX tiles).
   Elsewhere oneDNN emulates bf16, which is slower than fp32, so such CPUs stay in fp32.
-- `on`: bf16 on CUDA and on any CPU (emulated or not): for measuring, not for speed.
-Legacy booleans read as `true` = `cuda`, `false` = `off`.
+- `always`: bf16 on CUDA and on any CPU (emulated or not): for measuring, not for speed.
+Legacy booleans read as `true` = `cuda`, `false` = `off`, with a warning: YAML reads an unquoted
+`on`, `yes` or `true` as the boolean, so `amp: on` would silently mean `cuda`.
 
 Autocast only changes the ops it lists (convolutions, matmuls, linear layers); the loss casts its
 inputs back to fp32 (pixpro/losses.py) so normalisation and the InfoNCE logits stay fp32.
@@ -19,8 +20,7 @@ import functools
 
 import torch
 
-AMP_SETTINGS = ("auto", "cuda", "on", "off")
-LEGACY_AMP = {True: "cuda", False: "off"}  # params files from before the CPU setting existed
+from pixpro.config_base import AMP_SETTINGS, LEGACY_AMP
 
 
 @functools.cache
@@ -48,7 +48,7 @@ def uses_bf16(device: torch.device | str, setting: str | bool) -> bool:
         return False
     if kind == "cuda":
         return True
-    return setting == "on" or (setting == "auto" and native_cpu_bf16())
+    return setting == "always" or (setting == "auto" and native_cpu_bf16())
 
 
 def autocast_for(device: torch.device | str, setting: str | bool) -> torch.autocast:

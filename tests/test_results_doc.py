@@ -153,6 +153,13 @@ def test_stage_diagnostics_table_matches_hand_computed_means(results_doc):
     text = "\n".join(results_doc.stage_tables(pd.concat([other, frame]), study, spec))
     assert text.index("| synthetic | `default` |") < text.index("| synthetic | `new` |")  # the baseline first
     assert line_starting(text, "| synthetic | `new` | 1 | 1/16 res | +4.0") == "| synthetic | `new` | 1 | 1/16 res | +4.0 ± n/a |"
+    # A setting paired with the baseline the study names for it: newer's gain (+3) minus new's (+3), not default's.
+    newer = other.assign(setting="newer")
+    newer.loc[newer["backbone"] == "pretrained", "miou"] = 0.21
+    text = "\n".join(results_doc.stage_tables(pd.concat([other, newer, frame]), {**study, "baselines": {"newer": "new"}},
+                                              spec))
+    assert line_starting(text, "| synthetic | `newer` − `new` | 1 | 1/16 res |") == (
+        "| synthetic | `newer` − `new` | 1 | 1/16 res | +0.0 ± n/a |")
 
 
 def test_readme_blocks_are_replaced_in_place(results_doc, tiny, tmp_path):
