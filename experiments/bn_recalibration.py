@@ -11,41 +11,18 @@ run-to-run noise of fine-tuning lies in the weights, not in these statistics.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
-from typing import Iterable
 
 import torch
-from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from pixpro.batchnorm import recalibrate_batchnorm
 from pixpro.config import load_params
 from pixpro.data.classes import load_prepared_classes
 from pixpro.features import split_rows
 from pixpro.finetune import PlannedCrops, crop_plan, labelled_subsets, score_segmenter
 from pixpro.finetuned_file import read_finetuned
 from pixpro.precision import autocast_for
-
-
-def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor], cumulative: bool,
-                   autocast: contextlib.AbstractContextManager | None = None) -> None:
-    """Running statistics of every BatchNorm from forward passes over `batches` ((B, 3, H, W)
-    each), weights untouched: an exponential average with momentum 0.1 over the old values
-    (cumulative=False), or an equal-weight average of the batches from scratch (cumulative=True).
-    Leaves the model in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        if cumulative:
-            norm.reset_running_stats()
-        norm.momentum = None if cumulative else 0.1
-    model.eval()
-    for norm in norms:
-        norm.train()
-    with torch.no_grad():
-        for images in batches:
-            with autocast or contextlib.nullcontext():
-                model(images)
-    model.eval()
 
 
 def main() -> None:
@@ -77,10 +54,10 @@ def main() -> None:
     print(f"as saved: {score():.1f}", flush=True)
     for draw in range(args.draws):
         saved.model.load_state_dict(state)
-        recalibrate_bn(saved.model, crops(20, 100 + draw), False, autocast_for(device, cfg.amp))
+        recalibrate_batchnorm(saved.model, crops(20, 100 + draw), False, autocast_for(device, cfg.amp))
         print(f"last 20 batches, draw {draw}: {score():.1f}", flush=True)
     saved.model.load_state_dict(state)
-    recalibrate_bn(saved.model, crops(150, 7), True, autocast_for(device, cfg.amp))
+    recalibrate_batchnorm(saved.model, crops(150, 7), True, autocast_for(device, cfg.amp))
     print(f"precise BN, 150 batches: {score():.1f}", flush=True)
 
 

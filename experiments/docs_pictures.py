@@ -73,14 +73,14 @@ def label_efficiency(csv: Path, setting: str, out: str) -> None:
     fraction or a backbone (a study still running) are left out."""
     import pandas as pd
 
+    from pixpro.runs import label_study_by_fraction
     from pixpro.viz import plot_label_efficiency
 
     rows = pd.read_csv(csv)
-    rows = rows[rows["setting"] == setting]
-    tuned = rows.pivot_table(index="seed", columns=["backbone", "fraction"], values="finetuned_miou").dropna()
-    if tuned.empty:
+    scores = label_study_by_fraction(rows[rows["setting"] == setting])
+    if scores is None or scores[0].empty:
         raise SystemExit(f"{csv} has no seed of setting {setting!r} with both backbones at every fraction")
-    probe = rows.pivot_table(index="seed", columns=["backbone", "fraction"], values="probe_miou").loc[tuned.index]
+    tuned, probe = scores
     lines = {"pretrained, fine-tuned": tuned["pretrained"], "random, fine-tuned": tuned["random"],
              "pretrained, frozen probe": probe["pretrained"]}
     curves, seeds = {}, {}

@@ -27,7 +27,7 @@ import yaml
 from pixpro.backbones import BACKBONES
 from pixpro.errors import DataError
 from pixpro.report import labels_saved
-from pixpro.runs import finetune_by_fraction, load_result_rows
+from pixpro.runs import finetune_by_fraction, label_study_by_fraction, load_result_rows
 from pixpro.stats import Summary, format_summary, paired_differences, summarize, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,12 +252,10 @@ def label_efficiency_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec:
     lines = []
     names = study.get("data_names", {})
     for (data, setting), group in frame.groupby(["data", "setting"], sort=False):
-        tuned = group.pivot_table(index="seed", columns=["backbone", "fraction"], values="finetuned_miou")
-        probe = group.pivot_table(index="seed", columns=["backbone", "fraction"], values="probe_miou")
-        if not {"pretrained", "random"} <= set(tuned.columns.get_level_values(0)):
+        scores = label_study_by_fraction(group)
+        if scores is None:
             continue
-        # the seeds with both backbones at every fraction (a seed still running is left out)
-        complete = tuned.dropna()
+        complete, probe = scores
         pretrained, random = complete["pretrained"], complete["random"]
         fractions = sorted(pretrained.columns)
         images = group.groupby("fraction")["labelled_images"].first()
@@ -265,11 +263,11 @@ def label_efficiency_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec:
         rows = []
         for fraction in fractions:
             gain = pretrained[fraction] - random[fraction]
-            added = pretrained[fraction] - probe["pretrained"].loc[complete.index, fraction]
+            added = pretrained[fraction] - probe["pretrained"][fraction]
             rows.append([f"{100 * fraction:g}%", int(images[fraction]), seeds_of(complete.index),
                          points(summarize(pretrained[fraction])), points(summarize(random[fraction])),
                          interval(summarize(gain)), ", ".join(f"{v * 100:+.1f}" for v in gain),
-                         points(summarize(probe["pretrained"].loc[complete.index, fraction])),
+                         points(summarize(probe["pretrained"][fraction])),
                          interval(summarize(added))])
         lines += [f"{names.get(data, data)}, `{setting}` ({where.get('date', '—')}, "
                   f"{machine_name(spec, where.get('machine'))}, {where.get('threads', '—')} threads), in points:", "",
@@ -361,7 +359,7 @@ def stage_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[st
                                  values=["miou", "image_share", "class_share"]).reset_index()
         baseline = study.get("baselines", {}).get(setting, "default")
         if setting != baseline:
-            paired += stage_pairs_against_default(frame, data, setting, names, baseline)
+            paired += stage_pairs_against_baseline(frame, data, setting, names, baseline)
         for stage in [s for s in STAGE_NAMES if s in set(wide["stage"])]:
             at = wide[wide["stage"] == stage]
             seeds = at["seed"].tolist()
@@ -439,8 +437,8 @@ def position_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping
     return pretrained_random_table(frame, study, spec, [("r2_row", 2, "R² row"), ("r2_column", 2, "R² column")])
 
 
-def stage_pairs_against_default(frame: pd.DataFrame, data: str, setting: str,
-                                names: Mapping[str, str], baseline: str = "default") -> list[list[Any]]:
+def stage_pairs_against_baseline(frame: pd.DataFrame, data: str, setting: str,
+                                 names: Mapping[str, str], baseline: str = "default") -> list[list[Any]]:
     """Rows of Δ gain (setting − baseline, paired by seed) at the 1/16 stage, the output and all
     stages; a baseline other than `default` is named in the setting's cell."""
     def gains(name: str) -> pd.DataFrame:

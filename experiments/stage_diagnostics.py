@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pixpro.batchnorm import recalibrate_batchnorm
 from pixpro.config import load_params
 from pixpro.data.classes import load_prepared_classes
 from pixpro.features import DecoderStages, extract_bank, labelled_batches, load_frozen_backbone, split_rows
@@ -48,21 +49,6 @@ COLUMNS = ["data", "setting", "seed", "backbone", "bn", "stage", "miou", "effect
            "image_share", "class_share", "activation_spread", "seconds"]
 PER_CLASS_COLUMNS = ["data", "setting", "seed", "backbone", "bn", "stage", "class_name", "iou"]
 STAGES = (-5, -4, -3, -2, -1)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(backbone: nn.Module, rows, batch_size: int) -> nn.Module:
-    """A copy of `backbone` whose BatchNorm running statistics are the plain average over the
-    prepared train images (momentum None), at the size the probe sees them."""
-    model = copy.deepcopy(backbone)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average
-    model.train()
-    for batch in labelled_batches(rows, batch_size, description="recalibrate BatchNorm"):
-        model(batch.image)
-    return model.eval()
 
 
 def stage_slices(channels: list[int]) -> dict[int, slice]:
@@ -116,7 +102,10 @@ def main() -> None:
         base = load_frozen_backbone(kind, params, folder / "models" / "backbone.pt")
         for bn in args.bn:
             start = time.perf_counter()
-            backbone = base if bn == "as_saved" else recalibrate_batchnorm(base, train, params.extract.batch_size)
+            # recalibrated: the plain average over the prepared train images, at the size the probe sees them
+            backbone = base if bn == "as_saved" else recalibrate_batchnorm(
+                copy.deepcopy(base), (batch.image for batch in labelled_batches(
+                    train, params.extract.batch_size, description="recalibrate BatchNorm")))
             model = DecoderStages(backbone, tuple(len(STAGES) + 1 + stage for stage in STAGES))
             bank = extract_bank(model, train, params.extract, params.seed, device, num_classes)
             probes = {}

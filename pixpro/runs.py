@@ -312,6 +312,19 @@ def finetune_by_fraction(frame: pd.DataFrame) -> tuple[list[float], pd.DataFrame
     return (fractions, frame[[p for _, p, _ in shares]].set_axis(fractions, axis=1),
             frame[[r for _, _, r in shares]].set_axis(fractions, axis=1))
 
+def label_study_by_fraction(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(fine-tuned, frozen probe) val mIoU of experiments/label_study.py rows of one data and
+    setting: seeds (rows, ascending) by (backbone, fraction) columns, for the seeds with both
+    backbones at every fraction (a seed still running is left out; there may be none). None when
+    a backbone has no row at all."""
+    tuned = rows.pivot_table(index="seed", columns=["backbone", "fraction"], values="finetuned_miou")
+    if not set(BACKBONES) <= set(tuned.columns.get_level_values(0)):
+        return None
+    tuned = tuned.dropna()
+    probe = rows.pivot_table(index="seed", columns=["backbone", "fraction"], values="probe_miou").loc[tuned.index]
+    return tuned, probe
+
+
 def append_result_rows(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
     """Appends rows to a result CSV as they are measured (an interrupted script keeps what it
     finished), with the header first when the file is new; plain newlines."""
