@@ -60,26 +60,30 @@ def convergence(curves: dict[str, str], out: str) -> None:
     save_figure(figure, Path(out))
 
 
-# Issue 27's label-efficiency study on its converged budget: (result CSV, setting, picture). Its
-# rows land once the study has run; until then the picture is skipped, and says so.
-LABEL_EFFICIENCY = (RESULTS / "idd_lite_label_efficiency.csv", "stages", "docs/label_efficiency.png")
+# Issue 27's label-efficiency study on its converged budget: (result CSV, setting, picture, the
+# recipe's finetune.ema_decay). Its rows land once the study has run; until then the picture is
+# skipped, and says so.
+LABEL_EFFICIENCY = (RESULTS / "idd_lite_label_efficiency.csv", "stages", "docs/label_efficiency.png", 0.995)
 
 
-def label_efficiency(csv: Path, setting: str, out: str) -> None:
+def label_efficiency(csv: Path, setting: str, out: str, ema_decay: float = 0.0) -> None:
     """The study's val mIoU against the labelled share (experiments/label_study.py rows): each
     backbone fine-tuned and the pretrained backbone's frozen probe on the same images, as the
     seeds' mean, each seed a dot, their min-max band, and the random network's mean score with
     all labels (what "labels saved" is read against) as a dashed level. Seeds that lack a
-    fraction or a backbone (a study still running) are left out."""
+    fraction or a backbone (a study still running) are left out. Only rows of the recipe with
+    `ema_decay` are drawn (rows without the column count as 0: no weight average)."""
     import pandas as pd
 
     from pixpro.runs import label_study_by_fraction
     from pixpro.viz import plot_label_efficiency
 
     rows = pd.read_csv(csv)
-    scores = label_study_by_fraction(rows[rows["setting"] == setting])
+    recipe = rows.get("ema_decay", pd.Series(0.0, index=rows.index)) == ema_decay
+    scores = label_study_by_fraction(rows[(rows["setting"] == setting) & recipe])
     if scores is None or scores[0].empty:
-        raise SystemExit(f"{csv} has no seed of setting {setting!r} with both backbones at every fraction")
+        raise SystemExit(f"{csv} has no seed of setting {setting!r} and ema_decay {ema_decay:g} with both "
+                         f"backbones at every fraction")
     tuned, probe = scores
     lines = {"pretrained, fine-tuned": tuned["pretrained"], "random, fine-tuned": tuned["random"],
              "pretrained, frozen probe": probe["pretrained"]}
@@ -90,7 +94,8 @@ def label_efficiency(csv: Path, setting: str, out: str) -> None:
         curves[name] = (fractions, values.mean(0).tolist())
         seeds[name] = values.tolist()
     seed_list = ", ".join(str(s) for s in tuned.index)
-    plot_label_efficiency(curves, Path(out), f"{csv.stem}, `{setting}`, seeds {seed_list}", seeds=seeds,
+    averaged = f", ema_decay {ema_decay:g}" if ema_decay else ""
+    plot_label_efficiency(curves, Path(out), f"{csv.stem}, `{setting}`{averaged}, seeds {seed_list}", seeds=seeds,
                           target=curves["random, fine-tuned"][1][-1], xlabel="labelled train images (share)")
 
 

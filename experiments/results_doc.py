@@ -248,10 +248,13 @@ def labels_saved_row(setting: str, seeds: Sequence[int], fractions: Sequence[flo
 def label_efficiency_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
     """experiments/label_study.py rows (one per data, setting, seed, backbone, fraction): per
     fraction the fine-tuned scores of both backbones and their paired gain, the frozen probe that
-    fine-tuning started from and what fine-tuning added to it; then labels saved per seed."""
+    fine-tuning started from and what fine-tuning added to it; then labels saved per seed. Each
+    fine-tuning recipe (ema_decay) gets its own tables; repeats of a seed with other crop orders
+    (crop_seed) count as that seed's mean."""
     lines = []
     names = study.get("data_names", {})
-    for (data, setting), group in frame.groupby(["data", "setting"], sort=False):
+    frame = frame.assign(ema_decay=frame.get("ema_decay", 0.0), crop_seed=frame.get("crop_seed", 0))
+    for (data, setting, decay), group in frame.groupby(["data", "setting", "ema_decay"], sort=False):
         scores = label_study_by_fraction(group)
         if scores is None:
             continue
@@ -269,7 +272,10 @@ def label_efficiency_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec:
                          interval(summarize(gain)), ", ".join(f"{v * 100:+.1f}" for v in gain),
                          points(summarize(probe["pretrained"][fraction])),
                          interval(summarize(added))])
-        lines += [f"{names.get(data, data)}, `{setting}` ({where.get('date', '—')}, "
+        repeats = group.groupby("seed")["crop_seed"].nunique()
+        recipe = (f", weights averaged (`ema_decay: {decay:g}`)" if decay else "") + (
+            f", {repeats.min()}–{repeats.max()} crop orders a seed (their mean)" if repeats.max() > 1 else "")
+        lines += [f"{names.get(data, data)}, `{setting}`{recipe} ({where.get('date', '—')}, "
                   f"{machine_name(spec, where.get('machine'))}, {where.get('threads', '—')} threads), in points:", "",
                   *table(["labels", "images", "seeds", "pretrained fine-tuned", "random fine-tuned", "gain [95%]",
                           "gain per seed", "pretrained probe (frozen)", "fine-tuning adds [95%]"], rows), ""]
@@ -326,15 +332,21 @@ STAGE_NAMES = {"-5": "1/16 res", "-4": "1/8 res", "-3": "1/4 res", "-2": "1/2 re
 def with_shared_random(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows of per-measurement studies with the random-init twin's rows copied to every setting of
     the same data and seed that lacks them: the twin depends only on the seed, so a script measures
-    it once per seed (`--backbones pretrained` for the other settings)."""
+    it once per seed (`--backbones pretrained` for the other settings). Only the measurements the
+    setting made itself are copied (a BatchNorm variant or stage it did not measure stays out)."""
     keys = ["data", "setting", "seed"]
     random = frame[frame["backbone"] == "random"]
     measured = set(map(tuple, random[keys].drop_duplicates().to_numpy()))
     twins = random.drop_duplicates([c for c in MEASUREMENT_KEYS if c in random.columns and c != "setting"])
+    variants = [c for c in ("bn", "stage") if c in frame.columns]  # what a setting's own rows measured
     copies = []
-    for data, setting, seed in frame[keys].drop_duplicates().itertuples(index=False):
+    for (data, setting, seed), own in frame.groupby(keys, sort=False):
         if (data, setting, seed) not in measured:
-            copies.append(twins[(twins["data"] == data) & (twins["seed"] == seed)].assign(setting=setting))
+            twin = twins[(twins["data"] == data) & (twins["seed"] == seed)]
+            if variants:
+                made = pd.MultiIndex.from_frame(own[variants].astype(str))
+                twin = twin[pd.MultiIndex.from_frame(twin[variants].astype(str)).isin(made)]
+            copies.append(twin.assign(setting=setting))
     return pd.concat([frame, *copies], ignore_index=True) if copies else frame
 
 

@@ -33,6 +33,10 @@ class FinetuneConfig:
     freeze_bn: bool = False  # the backbone's BatchNorm keeps its running statistics while it learns
     class_weighting: Literal["none", "balanced"] = "none"  # balanced: cross-entropy weights N / (K x N_c)
     eval_every: int = 0  # steps between val scores (the convergence curve); 0 = the end only
+    # d in (0, 1): val scores (and the kept network) are of an exponential moving average of the
+    # weights and BatchNorm statistics, decay d per step; 0 = the last step's weights
+    ema_decay: float = 0.0
+    crop_seed: int = 0  # another crop order and flips for the same run (repeats measure a run's noise)
     workers: int = 0
     # bf16 autocast: auto | cuda | always | off, as pretrain.amp (pixpro/precision.py); legacy true = cuda
     amp: Literal["auto", "cuda", "always", "off"] | bool = "cuda"
@@ -63,6 +67,9 @@ class FinetuneConfig:
         _require(self.head_steps >= 0, f"{key}.head_steps", "must be >= 0 (0 = no head-only phase)")
         _require(self.eval_every >= 0, f"{key}.eval_every", "must be >= 0 (0 = score val at the end only)")
         _require(self.workers >= 0, f"{key}.workers", "must be >= 0")
+        _require(0 <= self.ema_decay < 1, f"{key}.ema_decay",
+                 f"= {self.ema_decay} must be in [0, 1) (0 = no weight average)")
+        _require(0 <= self.crop_seed < 1000, f"{key}.crop_seed", f"= {self.crop_seed} must be in [0, 1000)")
 
 
 def fraction_percent(fraction: float) -> int:

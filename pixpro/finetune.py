@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -170,6 +171,17 @@ class TrainResult(NamedTuple):
     final_loss: float
     skipped_batches: int
     val_curve: list[tuple[int, float, float]]  # (step, val mIoU, val pixel accuracy); empty without a scorer
+    # with ema_decay: (val mIoU, pixel accuracy) of the last step's own weights, which the curve does not score
+    last_weights_score: tuple[float, float] | None = None
+
+
+def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s parameters and buffers (BatchNorm's running
+    statistics too, so the averaged network normalises with statistics of its own stretch of
+    training), or None for decay 0."""
+    if decay == 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def evaluation_steps(cfg: FinetuneConfig) -> set[int]:
@@ -195,11 +207,16 @@ def pixel_class_weights(rows: pd.DataFrame, subset: Tensor, num_classes: int) ->
 
 def train_segmenter(model: Segmenter, rows: pd.DataFrame, subset: Tensor, image_size: tuple[int, int],
                     cfg: FinetuneConfig, generator: torch.Generator, device: torch.device,
-                    description: str, score: Callable[[], tuple[float, float]] | None = None,
+                    description: str, score: Callable[[nn.Module], tuple[float, float]] | None = None,
                     class_weights: Tensor | None = None) -> TrainResult:
     """cfg.head_steps + cfg.steps AdamW steps of pixel cross-entropy (255 ignored) on crops of
-    `subset`'s images, in the phases of training_phases; `score()` (val mIoU, pixel accuracy)
-    runs after each of evaluation_steps. class_weights (K,) weight the cross-entropy (None: unweighted).
+    `subset`'s images, in the phases of training_phases; `score(network)` (val mIoU, pixel
+    accuracy) runs after each of evaluation_steps. class_weights (K,) weight the cross-entropy
+    (None: unweighted).
+
+    With cfg.ema_decay > 0 the scored network is the moving average of the weights, updated after
+    every optimiser step, and it is copied into `model` at the end; the last step's own weights are
+    scored once more (TrainResult.last_weights_score), so one run shows what averaging changed.
 
     A batch without a labelled pixel is skipped (cross-entropy over no pixel is NaN) but keeps its
     step, so the schedule stays aligned with the crop plan."""
@@ -210,9 +227,11 @@ def train_segmenter(model: Segmenter, rows: pd.DataFrame, subset: Tensor, image_
                         num_workers=cfg.workers, persistent_workers=False)
     steps = [(phase, local) for phase in phases for local in range(phase.steps)]  # global step -> phase, local step
     scored_after = evaluation_steps(cfg) if score is not None else set()
+    average = weight_average(model, cfg.ema_decay)
+    scored = model if average is None else average.module
     loss_value, skipped, curve = math.nan, 0, []
     if 0 in scored_after:
-        curve.append((0, *score()))
+        curve.append((0, *score(scored)))
     with progress_bar() as progress:
         task = progress.add_task(description, total=total)
         for step, (images, masks) in enumerate(loader):
@@ -232,13 +251,20 @@ def train_segmenter(model: Segmenter, rows: pd.DataFrame, subset: Tensor, image_
                 phase.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 phase.optimizer.step()
+                if average is not None:
+                    average.update_parameters(model)
                 loss_value = loss.item()
             else:
                 skipped += 1
             progress.advance(task)
             if step + 1 in scored_after:
-                curve.append((step + 1, *score()))
-    return TrainResult(loss_value, skipped, curve)
+                curve.append((step + 1, *score(scored)))
+    last_weights = None
+    if average is not None:
+        if score is not None:
+            last_weights = score(model)
+        model.load_state_dict(average.module.state_dict())  # the kept network is the one scored
+    return TrainResult(loss_value, skipped, curve, last_weights)
 
 
 def fit_probe_head(model: Segmenter, rows: pd.DataFrame, subset: Tensor, extract: ExtractConfig,
@@ -309,17 +335,18 @@ def label_efficiency(init_backbone: Callable[[], nn.Module], dim: int, train_row
         model = Segmenter(backbone, dim, classes.num_classes).to(device)
         if cfg.head_init == "probe":
             fit_probe_head(model, train_rows, subsets[fraction], extract, probe, seed, device, classes.num_classes)
-        # One stream per fraction, from seed alone: both backbones see identical crops.
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+        # One stream per fraction, from seed (and crop_seed) alone: both backbones see identical crops.
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + 1_000 * cfg.crop_seed + index)
         weights = (pixel_class_weights(train_rows, subsets[fraction], classes.num_classes).to(device)
                    if cfg.class_weighting == "balanced" else None)
         trained = train_segmenter(
             model, train_rows, subsets[fraction], image_size, cfg, generator, device, f"finetune {name} {percent}%",
-            score=lambda: score_segmenter(model, val_rows, cfg.batch_size, device, classes, cfg.amp,
-                                          f"score {name} {percent}%"), class_weights=weights)
+            score=lambda network: score_segmenter(network, val_rows, cfg.batch_size, device, classes, cfg.amp,
+                                                  f"score {name} {percent}%"), class_weights=weights)
         _, miou, accuracy = trained.val_curve[-1]  # after the last step
+        last_weights_miou = trained.last_weights_score[0] if trained.last_weights_score else None
         result = FractionResult(fraction, len(subsets[fraction]), miou, accuracy, trained.final_loss,
-                                trained.skipped_batches, trained.val_curve)
+                                trained.skipped_batches, trained.val_curve, last_weights_miou)
         if fraction == kept_fraction:
             # first: a finished record implies its network
             keep.save(model, result.fraction, result.labelled_images, result.miou, store.fingerprint)

@@ -32,6 +32,8 @@ class FractionResult:
     # (step, val mIoU, val pixel accuracy) during training, steps counted over both phases; the
     # last row is (steps, miou, pixel_accuracy)
     val_curve: list[tuple[int, float, float]] = field(default_factory=list)
+    # with finetune.ema_decay: the val mIoU of the last step's weights (miou is the average's)
+    last_weights_miou: float | None = None
 
 
 def print_warning(message: str) -> None:

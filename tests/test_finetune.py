@@ -7,19 +7,21 @@ import json
 import math
 import shutil
 import subprocess
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torch.optim.swa_utils import AveragedModel
 
 from pixpro.config_finetune import FinetuneConfig
 from pixpro.data.classes import load_prepared_classes
 from pixpro.errors import ConfigError, DataError
 from pixpro.features import init_backbone, split_rows
-from pixpro.finetune import (CropPlan, PlannedCrops, crop_plan, evaluation_steps, label_efficiency, labelled_subsets,
-                             score_segmenter, train_segmenter)
+from pixpro.finetune import (CropPlan, PlannedCrops, TrainResult, crop_plan, evaluation_steps, label_efficiency,
+                             labelled_subsets, score_segmenter, train_segmenter)
 from pixpro.finetune_results import FractionResult, ResultStore, metrics_dict
 from pixpro.finetuned_file import Segmenter
 from pixpro.model.backbone import build_backbone
@@ -191,7 +193,8 @@ def test_lp_ft_fits_the_head_on_the_untouched_backbone_before_training_both(tmp_
                          head_init="random")
     seen = []
 
-    def score():  # called after the head phase (step 4) and the last step (7)
+    def score(network):  # called after the head phase (step 4) and the last step (7)
+        assert network is model  # no weight average: the model itself
         seen.append((_states_equal(initial, _backbone_state(model)), torch.equal(head, model.classifier.weight)))
         return 0.5, 0.5
 
@@ -265,8 +268,8 @@ def test_a_scorer_gives_a_val_curve_and_leaves_training_mode_as_the_phase_wants(
                          head_init="random")
     modes = []
 
-    def score():
-        model.eval()  # as score_segmenter does
+    def score(network):
+        network.eval()  # as score_segmenter does
         return 0.1 * len(modes), 0.2
 
     original = model.classifier.forward
@@ -282,6 +285,75 @@ def test_a_scorer_gives_a_val_curve_and_leaves_training_mode_as_the_phase_wants(
     assert [step for step, *_ in result.val_curve] == [2, 4]
     # Every training step, also the ones after a val pass: training mode, BatchNorm frozen.
     assert modes == [(True, False)] * 4
+
+
+def test_ema_decay_scores_and_keeps_the_moving_average_of_weights_and_batchnorm_statistics(tmp_path):
+    rows = _stripes_dataset(tmp_path, 2)
+    decay = 0.5
+    cfg = FinetuneConfig(steps=3, batch_size=2, crop_size=(16, 32), lr_backbone=0.01, warmup_steps=0,
+                         head_init="random", ema_decay=decay)
+    # The weights after each optimiser step, as the average receives them.
+    states = []
+    update = AveragedModel.update_parameters
+
+    def recording_update(average, network):
+        states.append({k: v.detach().clone() for k, v in network.state_dict().items()})
+        update(average, network)
+
+    scored = []
+
+    def score(network):
+        scored.append({k: v.clone() for k, v in network.state_dict().items()})
+        return float(len(scored)), 0.0
+
+    model = _stripes_model()
+    with mock.patch.object(AveragedModel, "update_parameters", recording_update):
+        result = train_segmenter(model, rows, torch.arange(2), (32, 64), cfg, torch.Generator().manual_seed(0), CPU,
+                                 "test", score=score)
+    assert len(states) == 3
+    # The first update copies the weights; each later one moves the average by (1 - decay).
+    by_hand = dict(states[0])
+    for state in states[1:]:
+        by_hand = {k: v.lerp(state[k], 1 - decay) if v.is_floating_point() else v for k, v in by_hand.items()}
+    averaged_keys = [k for k, v in by_hand.items() if v.is_floating_point()]
+    assert any(k.endswith("running_mean") for k in averaged_keys)  # BatchNorm statistics are averaged too
+    for key in averaged_keys:
+        torch.testing.assert_close(scored[0][key], by_hand[key])  # the curve scores the average...
+        torch.testing.assert_close(scored[1][key], states[-1][key])  # ...then the last weights are scored once
+        torch.testing.assert_close(model.state_dict()[key], by_hand[key])  # the kept network is the average
+    assert not torch.equal(by_hand["classifier.weight"], states[-1]["classifier.weight"])
+    assert result.val_curve == [(3, 1.0, 0.0)] and result.last_weights_score == (2.0, 0.0)
+
+
+def test_crop_seed_draws_another_crop_order_and_zero_keeps_the_runs_own(prepared, tmp_path):
+    params = make_eval_params()
+    classes = load_prepared_classes(prepared)
+    train, val = split_rows(prepared, "train"), split_rows(prepared, "val")
+    seeds = []
+
+    def record(model, rows, subset, image_size, cfg, generator, *args, **kwargs):
+        seeds.append(generator.initial_seed())
+        return TrainResult(0.0, 0, [(cfg.steps, 0.5, 0.5)])
+
+    for crop_seed in (0, 1):
+        cfg = dataclasses.replace(params.finetune, label_fractions=(0.5, 1.0), head_init="random", crop_seed=crop_seed)
+        with mock.patch("pixpro.finetune.train_segmenter", record):
+            label_efficiency(lambda: init_backbone("random", params, tmp_path / "absent.pt"),
+                             params.pretrain.backbone.dim, train, val, tuple(params.data.size), cfg, 3, classes, CPU,
+                             ResultStore(tmp_path / f"resume{crop_seed}.json", {"crop_seed": crop_seed}), "test")
+    # crop_seed 0: the stream every earlier run had (seed x 1000003 + the fraction's index)
+    assert seeds[:2] == [3 * 1_000_003, 3 * 1_000_003 + 1]
+    assert len(set(seeds)) == 4  # another crop_seed: other streams, still one per fraction
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("ema_decay", 1.0, r"finetune.ema_decay.*\[0, 1\)"),
+    ("ema_decay", -0.1, r"finetune.ema_decay"),
+    ("crop_seed", -1, r"finetune.crop_seed"),
+])
+def test_bad_ema_decay_or_crop_seed_is_refused(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        FinetuneConfig(**{key: value}).validate("finetune")
 
 
 @pytest.mark.parametrize("damage", [

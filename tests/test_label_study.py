@@ -87,6 +87,24 @@ def test_a_study_is_collected_once_however_often_it_runs(study, tmp_path, monkey
     assert rows["probe_miou"].round(2).tolist() == [0.25, 0.35, 0.15, 0.30]
     curves = tmp_path / "results" / "study_curves" / "stages_seed1"
     assert sorted(p.name for p in curves.iterdir()) == ["val_curve_pretrained.csv", "val_curve_random.csv"]
+    assert rows["last_weights_miou"].equals(rows["finetuned_miou"]) and set(rows["ema_decay"]) == {0.0}
+
+    # Another recipe of the same seed (a weight average, another crop order): rows of its own.
+    overlay.write_text(yaml.safe_dump({"finetune": {"steps": 1000, "crop_size": [64, 96], "amp": "auto",
+                                                    "ema_decay": 0.995, "crop_seed": 1}}))
+    study.main()
+    rows = pd.read_csv(out)
+    assert len(rows) == 8 and rows.groupby(["ema_decay", "crop_seed"]).size().to_dict() == {(0.0, 0): 4, (0.995, 1): 4}
+    assert (tmp_path / "results" / "study_curves" / "stages_ema0.995_crops1_seed1").is_dir()
+
+
+def test_a_weight_averaged_run_keeps_the_last_weights_score_next_to_the_averages(study):
+    resume = resume_file({1.0: [(0, 0.30, 0.6), (1000, 0.40, 0.7)]}, {1.0: 20})
+    plain = study.fraction_rows(resume, {})
+    resume["results"]["1.0"]["last_weights_miou"] = 0.37
+    averaged = study.fraction_rows(resume, {})
+    assert plain[0]["last_weights_miou"] == 0.40  # without an average the last weights are what was scored
+    assert (averaged[0]["finetuned_miou"], averaged[0]["last_weights_miou"]) == (0.40, 0.37)
 
 
 def test_a_folder_without_a_finished_run_is_a_one_line_error(study, tmp_path, monkeypatch):

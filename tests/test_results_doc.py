@@ -256,6 +256,23 @@ def test_label_efficiency_table_matches_hand_computed_statistics(results_doc):
     assert line_starting(text, "| stages |") == "| stages | 0,1 | 100% | 4.5x, 6.5x | between 4.5x and 6.5x |"
 
 
+def test_each_fine_tuning_recipe_has_its_table_and_crop_orders_count_as_their_mean(results_doc):
+    import pandas as pd
+
+    plain = label_study_rows().assign(ema_decay=0.0, crop_seed=0)
+    averaged = plain[plain["seed"] < 2].assign(ema_decay=0.995)
+    # A second crop order for every averaged row: pretrained 4 points higher, random unchanged.
+    again = averaged.assign(crop_seed=1, finetuned_miou=averaged["finetuned_miou"]
+                            + 0.04 * (averaged["backbone"] == "pretrained"))
+    rows = pd.concat([plain, averaged, again], ignore_index=True)
+    text = "\n".join(results_doc.label_efficiency_tables(rows, PER_MEASUREMENT_STUDY, BOX_SPEC))
+    assert "synthetic, `stages` (2026" in text
+    assert "synthetic, `stages`, weights averaged (`ema_decay: 0.995`), 2–2 crop orders a seed (their mean)" in text
+    first, second = text.split("weights averaged")
+    assert line_starting(first, "| 5% |").startswith("| 5% | 1 | 0,1 | 32.0 ± 2.8 | 21.0 ± 1.4 | +11.0")
+    assert line_starting(second, "| 5% |").startswith("| 5% | 1 | 0,1 | 34.0 ± 2.8 | 21.0 ± 1.4 | +13.0")
+
+
 def test_label_efficiency_picture_from_a_studys_rows(tmp_path):
     from PIL import Image
 
@@ -266,6 +283,8 @@ def test_label_efficiency_picture_from_a_studys_rows(tmp_path):
     assert Image.open(out).size[0] > 300
     with pytest.raises(SystemExit, match="no seed of setting 'nope'"):
         script.label_efficiency(tmp_path / "study.csv", "nope", str(out))
+    with pytest.raises(SystemExit, match="no seed of setting 'stages' and ema_decay 0.995"):
+        script.label_efficiency(tmp_path / "study.csv", "stages", str(out), 0.995)  # a recipe without rows
 
 
 def heading_anchors(page: Path) -> set[str]:
@@ -341,3 +360,15 @@ def test_a_setting_measured_without_its_random_twin_borrows_the_seeds_twin(resul
     assert line_starting(text, "| syn | `new` | 0 | 1/16 res | 21.0").startswith(
         "| syn | `new` | 0 | 1/16 res | 21.0 ± n/a | 18.0 ± n/a | +3.0 ± n/a | 0.100 / 0.060 |")
     assert line_starting(text, "| syn | `new` | 0 | 1/16 res | +6.0") == "| syn | `new` | 0 | 1/16 res | +6.0 ± n/a |"
+
+
+def test_a_borrowed_twin_brings_only_the_measurements_the_setting_made(results_doc):
+    import pandas as pd
+
+    columns = ["data", "setting", "seed", "backbone", "bn", "stage", "miou"]
+    rows = [["syn", "default", 0, "random", bn, stage, 0.1] for bn in ("as_saved", "recalibrated")
+            for stage in ("-5", "-1")]
+    rows.append(["syn", "new", 0, "pretrained", "as_saved", "-1", 0.2])
+    shared = results_doc.with_shared_random(pd.DataFrame(rows, columns=columns))
+    borrowed = shared[(shared["setting"] == "new") & (shared["backbone"] == "random")]
+    assert borrowed[["bn", "stage"]].values.tolist() == [["as_saved", "-1"]]
