@@ -40,19 +40,23 @@ IDD_OVERLAYS = (IDD / "contrast_only_seed0" / "pretrained_overlays.png", "idd_li
 
 
 # Fine-tuning's val curves at N and 2N steps (the convergence check of the label-efficiency budget).
-CONVERGENCE = ({"1000 steps": "docs/finetune_convergence_1000.csv", "2000 steps": "docs/finetune_convergence_2000.csv"},
+CONVERGENCE = ({"1000 steps, last weights": "docs/finetune_convergence_1000.csv",
+                "2000 steps, last weights": "docs/finetune_convergence_2000.csv",
+                "1000 steps, weight average": "docs/finetune_convergence_ema_1000.csv",
+                "2000 steps, weight average": "docs/finetune_convergence_ema_2000.csv"},
                "docs/finetune_convergence.png")
 
 
 def convergence(curves: dict[str, str], out: str) -> None:
-    """Val mIoU against fine-tuning step, one line per budget."""
+    """Val mIoU against fine-tuning step, one line per budget and score (last weights or average)."""
     import pandas as pd
 
     figure = new_figure(6, 3.5)
     axis = figure.add_subplot()
     for label, path in curves.items():
         curve = pd.read_csv(path)
-        axis.plot(curve["step"], 100 * curve["miou"], marker="o", label=label)
+        averaged = "average" in label  # dashed: the weight average of the same run
+        axis.plot(curve["step"], 100 * curve["miou"], marker="o", label=label, linestyle="--" if averaged else "-")
     axis.set(xlabel="fine-tuning step", ylabel="val mIoU", title="IDD Lite, random init, 100% of the labels")
     axis.grid(alpha=0.3)
     axis.legend()
