@@ -79,12 +79,11 @@ def label_efficiency(csv: Path, setting: str, out: str, ema_decay: float = 0.0) 
     `ema_decay` are drawn (rows without the column count as 0: no weight average)."""
     import pandas as pd
 
-    from pixpro.runs import label_study_by_fraction
+    from pixpro.runs import label_study_by_fraction, with_recipe_columns
     from pixpro.viz import plot_label_efficiency
 
-    rows = pd.read_csv(csv)
-    recipe = rows.get("ema_decay", pd.Series(0.0, index=rows.index)) == ema_decay
-    scores = label_study_by_fraction(rows[(rows["setting"] == setting) & recipe])
+    rows = with_recipe_columns(pd.read_csv(csv))
+    scores = label_study_by_fraction(rows[(rows["setting"] == setting) & (rows["ema_decay"] == ema_decay)])
     if scores is None or scores[0].empty:
         raise SystemExit(f"{csv} has no seed of setting {setting!r} and ema_decay {ema_decay:g} with both "
                          f"backbones at every fraction")

@@ -6,8 +6,9 @@ Each row holds the fine-tuned val mIoU and, as the frozen reference, the linear 
 fine-tuning starts from (finetune.head_init: probe), fitted on the same labelled images and
 scored on val before the first step. With finetune.ema_decay the fine-tuned score is the weight
 average's, and `last_weights_miou` the last step's own weights' (without, the two are one score).
-Repeats of a run with other finetune.crop_seed values are rows of their own. The val curves go next to the CSV, in
-`<csv stem>_curves/<setting>_seed<seed>/val_curve_<backbone>.csv`.
+Repeats of a run with other finetune.crop_seed values are rows of their own. The val curves go
+next to the CSV, in `<csv stem>_curves/<setting>[_ema<decay>][_crops<crop_seed>]_seed<seed>/
+val_curve_<backbone>.csv`.
 
 The fine-tuning runs are `pixpro finetune` in the run folder, with their outputs in --work, so an
 interrupted study resumes there (finished fractions are kept) and a finished one only collects.

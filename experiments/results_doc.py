@@ -27,7 +27,7 @@ import yaml
 from pixpro.backbones import BACKBONES
 from pixpro.errors import DataError
 from pixpro.report import labels_saved
-from pixpro.runs import finetune_by_fraction, label_study_by_fraction, load_result_rows
+from pixpro.runs import finetune_by_fraction, label_study_by_fraction, load_result_rows, with_recipe_columns
 from pixpro.stats import Summary, format_summary, paired_differences, summarize, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,7 +253,7 @@ def label_efficiency_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec:
     (crop_seed) count as that seed's mean."""
     lines = []
     names = study.get("data_names", {})
-    frame = frame.assign(ema_decay=frame.get("ema_decay", 0.0), crop_seed=frame.get("crop_seed", 0))
+    frame = with_recipe_columns(frame)
     for (data, setting, decay), group in frame.groupby(["data", "setting", "ema_decay"], sort=False):
         scores = label_study_by_fraction(group)
         if scores is None:

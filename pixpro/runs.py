@@ -312,6 +312,12 @@ def finetune_by_fraction(frame: pd.DataFrame) -> tuple[list[float], pd.DataFrame
     return (fractions, frame[[p for _, p, _ in shares]].set_axis(fractions, axis=1),
             frame[[r for _, _, r in shares]].set_axis(fractions, axis=1))
 
+def with_recipe_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """experiments/label_study.py rows with the fine-tuning recipe's columns, filled for rows
+    written before they existed: ema_decay 0 (the last weights scored) and crop_seed 0."""
+    return rows.assign(ema_decay=rows.get("ema_decay", 0.0), crop_seed=rows.get("crop_seed", 0))
+
+
 def label_study_by_fraction(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """(fine-tuned, frozen probe) val mIoU of experiments/label_study.py rows of one data and
     setting: seeds (rows, ascending) by (backbone, fraction) columns, for the seeds with both
