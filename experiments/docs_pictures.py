@@ -14,6 +14,7 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
@@ -65,27 +66,34 @@ def convergence(curves: dict[str, str], out: str) -> None:
 
 
 # Issue 27's label-efficiency study on its converged budget: (result CSV, setting, picture, the
-# recipe's finetune.ema_decay). Its rows land once the study has run; until then the picture is
+# recipe's finetune keys that differ from RECIPE_DEFAULTS). Its rows land once the study has run; until then the picture is
 # skipped, and says so.
-LABEL_EFFICIENCY = (RESULTS / "idd_lite_label_efficiency.csv", "stages", "docs/label_efficiency.png", 0.995)
+LABEL_EFFICIENCY = (RESULTS / "idd_lite_label_efficiency.csv", "stages", "docs/label_efficiency.png", {"ema_decay": 0.995})
 
 
-def label_efficiency(csv: Path, setting: str, out: str, ema_decay: float = 0.0) -> None:
+def label_efficiency(csv: Path, setting: str, out: str, recipe: Mapping[str, Any] | None = None) -> None:
     """The study's val mIoU against the labelled share (experiments/label_study.py rows): each
     backbone fine-tuned and the pretrained backbone's frozen probe on the same images, as the
     seeds' mean, each seed a dot, their min-max band, and the random network's mean score with
     all labels (what "labels saved" is read against) as a dashed level. Seeds that lack a
-    fraction or a backbone (a study still running) are left out. Only rows of the recipe with
-    `ema_decay` are drawn (rows without the column count as 0: no weight average)."""
+    fraction or a backbone (a study still running) are left out. Only rows of one fine-tuning
+    recipe are drawn: `recipe`'s finetune keys, the others at pixpro.runs.RECIPE_DEFAULTS (rows
+    written before a recipe column existed count as its default)."""
     import pandas as pd
 
-    from pixpro.runs import label_study_by_fraction, with_recipe_columns
+    from pixpro.runs import RECIPE_DEFAULTS, label_study_by_fraction, with_recipe_columns
     from pixpro.viz import plot_label_efficiency
 
+    recipe = {key: value for key, value in (recipe or {}).items() if key != "crop_seed"}  # repeats are drawn
+    wanted = {**{k: v for k, v in RECIPE_DEFAULTS.items() if k != "crop_seed"}, **recipe}
     rows = with_recipe_columns(pd.read_csv(csv))
-    scores = label_study_by_fraction(rows[(rows["setting"] == setting) & (rows["ema_decay"] == ema_decay)])
+    chosen = rows["setting"] == setting
+    for key, value in wanted.items():
+        chosen &= rows[key] == value
+    scores = label_study_by_fraction(rows[chosen])
+    named = ", ".join(f"{key} {value}" for key, value in recipe.items())
     if scores is None or scores[0].empty:
-        raise SystemExit(f"{csv} has no seed of setting {setting!r} and ema_decay {ema_decay:g} with both "
+        raise SystemExit(f"{csv} has no seed of setting {setting!r}{' and ' + named if named else ''} with both "
                          f"backbones at every fraction")
     tuned, probe = scores
     lines = {"pretrained, fine-tuned": tuned["pretrained"], "random, fine-tuned": tuned["random"],
@@ -97,8 +105,8 @@ def label_efficiency(csv: Path, setting: str, out: str, ema_decay: float = 0.0) 
         curves[name] = (fractions, values.mean(0).tolist())
         seeds[name] = values.tolist()
     seed_list = ", ".join(str(s) for s in tuned.index)
-    averaged = f", ema_decay {ema_decay:g}" if ema_decay else ""
-    plot_label_efficiency(curves, Path(out), f"{csv.stem}, `{setting}`{averaged}, seeds {seed_list}", seeds=seeds,
+    plot_label_efficiency(curves, Path(out), f"{csv.stem}, `{setting}`{', ' + named if named else ''}, seeds {seed_list}",
+                          seeds=seeds,
                           target=curves["random, fine-tuned"][1][-1], xlabel="labelled train images (share)")
 
 

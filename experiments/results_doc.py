@@ -249,12 +249,13 @@ def label_efficiency_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec:
     """experiments/label_study.py rows (one per data, setting, seed, backbone, fraction): per
     fraction the fine-tuned scores of both backbones and their paired gain, the frozen probe that
     fine-tuning started from and what fine-tuning added to it; then labels saved per seed. Each
-    fine-tuning recipe (ema_decay) gets its own tables; repeats of a seed with other crop orders
+    fine-tuning recipe (ema_decay, class_weighting) gets its own tables; repeats of a seed with other crop orders
     (crop_seed) count as that seed's mean."""
     lines = []
     names = study.get("data_names", {})
     frame = with_recipe_columns(frame)
-    for (data, setting, decay), group in frame.groupby(["data", "setting", "ema_decay"], sort=False):
+    for (data, setting, decay, weighting), group in frame.groupby(["data", "setting", "ema_decay", "class_weighting"],
+                                                                   sort=False):
         scores = label_study_by_fraction(group)
         if scores is None:
             continue
@@ -273,8 +274,9 @@ def label_efficiency_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec:
                          points(summarize(probe["pretrained"][fraction])),
                          interval(summarize(added))])
         repeats = group.groupby("seed")["crop_seed"].nunique()
-        recipe = (f", weights averaged (`ema_decay: {decay:g}`)" if decay else "") + (
-            f", {repeats.min()}–{repeats.max()} crop orders a seed (their mean)" if repeats.max() > 1 else "")
+        recipe = ((f", weights averaged (`ema_decay: {decay:g}`)" if decay else "")
+                  + (f", `class_weighting: {weighting}`" if weighting != "none" else "")
+                  + (f", {repeats.min()}–{repeats.max()} crop orders a seed (their mean)" if repeats.max() > 1 else ""))
         lines += [f"{names.get(data, data)}, `{setting}`{recipe} ({where.get('date', '—')}, "
                   f"{machine_name(spec, where.get('machine'))}, {where.get('threads', '—')} threads), in points:", "",
                   *table(["labels", "images", "seeds", "pretrained fine-tuned", "random fine-tuned", "gain [95%]",

@@ -312,10 +312,16 @@ def finetune_by_fraction(frame: pd.DataFrame) -> tuple[list[float], pd.DataFrame
     return (fractions, frame[[p for _, p, _ in shares]].set_axis(fractions, axis=1),
             frame[[r for _, _, r in shares]].set_axis(fractions, axis=1))
 
+# The fine-tuning recipe's columns of experiments/label_study.py rows, with the value that rows
+# written before a column existed were made with (no weight average, plain cross-entropy, crop order 0).
+RECIPE_DEFAULTS = {"ema_decay": 0.0, "class_weighting": "none", "crop_seed": 0}
+
+
 def with_recipe_columns(rows: pd.DataFrame) -> pd.DataFrame:
-    """experiments/label_study.py rows with the fine-tuning recipe's columns, filled for rows
-    written before they existed: ema_decay 0 (the last weights scored) and crop_seed 0."""
-    return rows.assign(ema_decay=rows.get("ema_decay", 0.0), crop_seed=rows.get("crop_seed", 0))
+    """experiments/label_study.py rows with every RECIPE_DEFAULTS column, filled for rows written
+    before it existed."""
+    return rows.assign(**{column: rows[column].fillna(default) if column in rows else default
+                          for column, default in RECIPE_DEFAULTS.items()})
 
 
 def label_study_by_fraction(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -333,9 +339,16 @@ def label_study_by_fraction(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
 
 def append_result_rows(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
     """Appends rows to a result CSV as they are measured (an interrupted script keeps what it
-    finished), with the header first when the file is new; plain newlines."""
+    finished), with the header first when the file is new; plain newlines. A file whose header
+    names other columns is refused: appended rows would land under the wrong names."""
     path = Path(path)
     new_file = not path.is_file()
+    if not new_file:
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle), None)
+        if header is not None and header != list(columns):
+            raise SystemExit(f"{path} has the columns {header}, not {list(columns)}: "
+                             f"rewrite it with the new columns before appending")
     with open(path, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
         if new_file:

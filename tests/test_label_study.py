@@ -96,6 +96,13 @@ def test_a_study_is_collected_once_however_often_it_runs(study, tmp_path, monkey
     rows = pd.read_csv(out)
     assert len(rows) == 8 and rows.groupby(["ema_decay", "crop_seed"]).size().to_dict() == {(0.0, 0): 4, (0.995, 1): 4}
     assert (tmp_path / "results" / "study_curves" / "stages_ema0.995_crops1_seed1").is_dir()
+    overlay.write_text(yaml.safe_dump({"finetune": {"steps": 1000, "crop_size": [64, 96], "amp": "auto",
+                                                    "ema_decay": 0.995, "crop_seed": 1, "class_weighting": "balanced"}}))
+    study.main()
+    rows = pd.read_csv(out)
+    assert rows.groupby(["ema_decay", "class_weighting", "crop_seed"]).size().to_dict() == {
+        (0.0, "none", 0): 4, (0.995, "none", 1): 4, (0.995, "balanced", 1): 4}
+    assert (tmp_path / "results" / "study_curves" / "stages_ema0.995_balanced_crops1_seed1").is_dir()
 
 
 def test_a_weight_averaged_run_keeps_the_last_weights_score_next_to_the_averages(study):
@@ -112,3 +119,24 @@ def test_a_folder_without_a_finished_run_is_a_one_line_error(study, tmp_path, mo
                                       "--out", str(tmp_path / "o.csv"), "--work", str(tmp_path / "w")])
     with pytest.raises(SystemExit, match="params.yaml not found: --folder must be a finished pipeline folder"):
         study.main()
+
+
+def test_a_result_csv_with_other_columns_is_refused_not_appended_to(tmp_path):
+    from pixpro.runs import append_result_rows
+
+    path = tmp_path / "rows.csv"
+    append_result_rows(path, ["seed", "miou"], [{"seed": 0, "miou": 0.3}])
+    append_result_rows(path, ["seed", "miou"], [{"seed": 1, "miou": 0.4}])
+    with pytest.raises(SystemExit, match=r"has the columns \['seed', 'miou'\], not \['seed', 'weighting', 'miou'\]"):
+        append_result_rows(path, ["seed", "weighting", "miou"], [{"seed": 2, "weighting": "none", "miou": 0.5}])
+    assert path.read_text() == "seed,miou\n0,0.3\n1,0.4\n"
+
+
+def test_rows_written_before_a_recipe_column_count_as_its_default():
+    from pixpro.runs import with_recipe_columns
+
+    old = pd.DataFrame({"seed": [0, 1], "finetuned_miou": [0.3, 0.4]})
+    filled = with_recipe_columns(old)
+    assert filled[["ema_decay", "class_weighting", "crop_seed"]].values.tolist() == [[0.0, "none", 0]] * 2
+    mixed = pd.DataFrame({"seed": [0, 1], "class_weighting": [None, "balanced"]})
+    assert with_recipe_columns(mixed)["class_weighting"].tolist() == ["none", "balanced"]

@@ -264,13 +264,18 @@ def test_each_fine_tuning_recipe_has_its_table_and_crop_orders_count_as_their_me
     # A second crop order for every averaged row: pretrained 4 points higher, random unchanged.
     again = averaged.assign(crop_seed=1, finetuned_miou=averaged["finetuned_miou"]
                             + 0.04 * (averaged["backbone"] == "pretrained"))
-    rows = pd.concat([plain, averaged, again], ignore_index=True)
+    # Another loss recipe of the same seeds: random 2 points higher everywhere.
+    balanced = averaged.assign(class_weighting="balanced", finetuned_miou=averaged["finetuned_miou"]
+                               + 0.02 * (averaged["backbone"] == "random"))
+    rows = pd.concat([plain, averaged, again, balanced], ignore_index=True)
     text = "\n".join(results_doc.label_efficiency_tables(rows, PER_MEASUREMENT_STUDY, BOX_SPEC))
     assert "synthetic, `stages` (2026" in text
     assert "synthetic, `stages`, weights averaged (`ema_decay: 0.995`), 2–2 crop orders a seed (their mean)" in text
-    first, second = text.split("weights averaged")
+    assert "synthetic, `stages`, weights averaged (`ema_decay: 0.995`), `class_weighting: balanced` (2026" in text
+    first, second, third = text.split("weights averaged")
     assert line_starting(first, "| 5% |").startswith("| 5% | 1 | 0,1 | 32.0 ± 2.8 | 21.0 ± 1.4 | +11.0")
     assert line_starting(second, "| 5% |").startswith("| 5% | 1 | 0,1 | 34.0 ± 2.8 | 21.0 ± 1.4 | +13.0")
+    assert line_starting(third, "| 5% |").startswith("| 5% | 1 | 0,1 | 32.0 ± 2.8 | 23.0 ± 1.4 | +9.0")
 
 
 def test_label_efficiency_picture_from_a_studys_rows(tmp_path):
@@ -284,7 +289,14 @@ def test_label_efficiency_picture_from_a_studys_rows(tmp_path):
     with pytest.raises(SystemExit, match="no seed of setting 'nope'"):
         script.label_efficiency(tmp_path / "study.csv", "nope", str(out))
     with pytest.raises(SystemExit, match="no seed of setting 'stages' and ema_decay 0.995"):
-        script.label_efficiency(tmp_path / "study.csv", "stages", str(out), 0.995)  # a recipe without rows
+        script.label_efficiency(tmp_path / "study.csv", "stages", str(out), {"ema_decay": 0.995})  # no such rows
+    import pandas as pd
+
+    balanced = label_study_rows().assign(class_weighting="balanced", ema_decay=0.995)
+    pd.concat([label_study_rows(), balanced]).to_csv(tmp_path / "study.csv", index=False)
+    script.label_efficiency(tmp_path / "study.csv", "stages", str(out), {"ema_decay": 0.995, "class_weighting": "balanced"})
+    with pytest.raises(SystemExit, match="class_weighting balanced"):
+        script.label_efficiency(tmp_path / "study.csv", "stages", str(out), {"class_weighting": "balanced"})
 
 
 def heading_anchors(page: Path) -> set[str]:
