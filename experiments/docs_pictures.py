@@ -40,24 +40,28 @@ CURVES = {
 IDD_OVERLAYS = (IDD / "contrast_only_seed0" / "pretrained_overlays.png", "idd_lite", "docs/idd_overlays.png")
 
 
-# Fine-tuning's val curves at N and 2N steps (the convergence check of the label-efficiency budget).
-CONVERGENCE = ({"1000 steps, last weights": "docs/finetune_convergence_1000.csv",
-                "2000 steps, last weights": "docs/finetune_convergence_2000.csv",
-                "1000 steps, weight average": "docs/finetune_convergence_ema_1000.csv",
-                "2000 steps, weight average": "docs/finetune_convergence_ema_2000.csv"},
+# Fine-tuning's val curves at N and 2N steps (the convergence check of the label-efficiency
+# budget), all scored on the weight average: label -> CSV. Solid: the profile's recipe
+# (class-balanced cross-entropy); dashed: the earlier unweighted one.
+CONVERGENCE = ({"balanced, 1000 steps": "docs/finetune_convergence_balanced_1000.csv",
+                "balanced, 2000 steps": "docs/finetune_convergence_balanced_2000.csv",
+                "balanced, 4000 steps": "docs/finetune_convergence_balanced_4000.csv",
+                "unweighted, 1000 steps": "docs/finetune_convergence_ema_1000.csv",
+                "unweighted, 2000 steps": "docs/finetune_convergence_ema_2000.csv"},
                "docs/finetune_convergence.png")
 
 
 def convergence(curves: dict[str, str], out: str) -> None:
-    """Val mIoU against fine-tuning step, one line per budget and score (last weights or average)."""
+    """Val mIoU against fine-tuning step, one line per recipe and budget."""
     import pandas as pd
 
     figure = new_figure(6, 3.5)
     axis = figure.add_subplot()
     for label, path in curves.items():
         curve = pd.read_csv(path)
-        averaged = "average" in label  # dashed: the weight average of the same run
-        axis.plot(curve["step"], 100 * curve["miou"], marker="o", label=label, linestyle="--" if averaged else "-")
+        earlier = label.startswith("unweighted")
+        axis.plot(curve["step"], 100 * curve["miou"], marker="o", markersize=3, label=label,
+                  linestyle="--" if earlier else "-")
     axis.set(xlabel="fine-tuning step", ylabel="val mIoU", title="IDD Lite, random init, 100% of the labels")
     axis.grid(alpha=0.3)
     axis.legend()
@@ -66,9 +70,10 @@ def convergence(curves: dict[str, str], out: str) -> None:
 
 
 # Issue 27's label-efficiency study on its converged budget: (result CSV, setting, picture, the
-# recipe's finetune keys that differ from RECIPE_DEFAULTS). Its rows land once the study has run; until then the picture is
+# recipe's finetune keys: steps, and those that differ from RECIPE_DEFAULTS). Its rows land once the study has run; until then the picture is
 # skipped, and says so.
-LABEL_EFFICIENCY = (RESULTS / "idd_lite_label_efficiency.csv", "stages", "docs/label_efficiency.png", {"ema_decay": 0.995})
+LABEL_EFFICIENCY = (RESULTS / "idd_lite_label_efficiency.csv", "stages", "docs/label_efficiency.png",
+                    {"steps": 1000, "ema_decay": 0.995, "class_weighting": "balanced"})
 
 
 def label_efficiency(csv: Path, setting: str, out: str, recipe: Mapping[str, Any] | None = None) -> None:
@@ -78,10 +83,11 @@ def label_efficiency(csv: Path, setting: str, out: str, recipe: Mapping[str, Any
     all labels (what "labels saved" is read against) as a dashed level. Seeds that lack a
     fraction or a backbone (a study still running) are left out. Only rows of one fine-tuning
     recipe are drawn: `recipe`'s finetune keys, the others at pixpro.runs.RECIPE_DEFAULTS (rows
-    written before a recipe column existed count as its default)."""
+    written before a recipe column existed count as its default); rows of several recipes left
+    after that (say two budgets, `steps` not named) are an error, not a mean."""
     import pandas as pd
 
-    from pixpro.runs import RECIPE_DEFAULTS, label_study_by_fraction, with_recipe_columns
+    from pixpro.runs import RECIPE_DEFAULTS, RECIPE_KEYS, label_study_by_fraction, with_recipe_columns
     from pixpro.viz import plot_label_efficiency
 
     recipe = {key: value for key, value in (recipe or {}).items() if key != "crop_seed"}  # repeats are drawn
@@ -90,6 +96,10 @@ def label_efficiency(csv: Path, setting: str, out: str, recipe: Mapping[str, Any
     chosen = rows["setting"] == setting
     for key, value in wanted.items():
         chosen &= rows[key] == value
+    mixed = [key for key in RECIPE_KEYS if rows.loc[chosen, key].nunique() > 1]
+    if mixed:
+        raise SystemExit(f"{csv} has rows of several recipes for setting {setting!r}: name {', '.join(mixed)} "
+                         f"in the recipe")
     scores = label_study_by_fraction(rows[chosen])
     named = ", ".join(f"{key} {value}" for key, value in recipe.items())
     if scores is None or scores[0].empty:
@@ -105,7 +115,7 @@ def label_efficiency(csv: Path, setting: str, out: str, recipe: Mapping[str, Any
         curves[name] = (fractions, values.mean(0).tolist())
         seeds[name] = values.tolist()
     seed_list = ", ".join(str(s) for s in tuned.index)
-    plot_label_efficiency(curves, Path(out), f"{csv.stem}, `{setting}`{', ' + named if named else ''}, seeds {seed_list}",
+    plot_label_efficiency(curves, Path(out), f"{csv.stem}, `{setting}`, seeds {seed_list}{chr(10) + named if named else ''}",
                           seeds=seeds,
                           target=curves["random, fine-tuned"][1][-1], xlabel="labelled train images (share)")
 

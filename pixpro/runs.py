@@ -315,6 +315,8 @@ def finetune_by_fraction(frame: pd.DataFrame) -> tuple[list[float], pd.DataFrame
 # The fine-tuning recipe's columns of experiments/label_study.py rows, with the value that rows
 # written before a column existed were made with (no weight average, plain cross-entropy, crop order 0).
 RECIPE_DEFAULTS = {"ema_decay": 0.0, "class_weighting": "none", "crop_seed": 0}
+# The columns that make one fine-tuning recipe (a table or a curve of its own); crop_seed repeats a recipe.
+RECIPE_KEYS = ("steps", "ema_decay", "class_weighting")
 
 
 def with_recipe_columns(rows: pd.DataFrame) -> pd.DataFrame:

@@ -85,7 +85,7 @@ def test_a_study_is_collected_once_however_often_it_runs(study, tmp_path, monkey
         ("pretrained", 0.05): 0.30, ("pretrained", 1.0): 0.40, ("random", 0.05): 0.20, ("random", 1.0): 0.35}
     assert set(rows["crop_size"]) == {"64x96"} and set(rows["amp"]) == {"auto"} and set(rows["seed"]) == {1}
     assert rows["probe_miou"].round(2).tolist() == [0.25, 0.35, 0.15, 0.30]
-    curves = tmp_path / "results" / "study_curves" / "stages_seed1"
+    curves = tmp_path / "results" / "study_curves" / "stages_1000steps_seed1"
     assert sorted(p.name for p in curves.iterdir()) == ["val_curve_pretrained.csv", "val_curve_random.csv"]
     assert rows["last_weights_miou"].equals(rows["finetuned_miou"]) and set(rows["ema_decay"]) == {0.0}
 
@@ -95,14 +95,20 @@ def test_a_study_is_collected_once_however_often_it_runs(study, tmp_path, monkey
     study.main()
     rows = pd.read_csv(out)
     assert len(rows) == 8 and rows.groupby(["ema_decay", "crop_seed"]).size().to_dict() == {(0.0, 0): 4, (0.995, 1): 4}
-    assert (tmp_path / "results" / "study_curves" / "stages_ema0.995_crops1_seed1").is_dir()
+    assert (tmp_path / "results" / "study_curves" / "stages_1000steps_ema0.995_crops1_seed1").is_dir()
     overlay.write_text(yaml.safe_dump({"finetune": {"steps": 1000, "crop_size": [64, 96], "amp": "auto",
                                                     "ema_decay": 0.995, "crop_seed": 1, "class_weighting": "balanced"}}))
     study.main()
     rows = pd.read_csv(out)
     assert rows.groupby(["ema_decay", "class_weighting", "crop_seed"]).size().to_dict() == {
         (0.0, "none", 0): 4, (0.995, "none", 1): 4, (0.995, "balanced", 1): 4}
-    assert (tmp_path / "results" / "study_curves" / "stages_ema0.995_balanced_crops1_seed1").is_dir()
+    assert (tmp_path / "results" / "study_curves" / "stages_1000steps_ema0.995_balanced_crops1_seed1").is_dir()
+    # Another budget of the same recipe: rows of its own too.
+    overlay.write_text(yaml.safe_dump({"finetune": {"steps": 2000, "crop_size": [64, 96], "amp": "auto"}}))
+    study.main()
+    rows = pd.read_csv(out)
+    assert rows.groupby("steps").size().to_dict() == {1000: 12, 2000: 4}
+    assert (tmp_path / "results" / "study_curves" / "stages_2000steps_seed1").is_dir()
 
 
 def test_a_weight_averaged_run_keeps_the_last_weights_score_next_to_the_averages(study):

@@ -240,12 +240,12 @@ def label_study_rows():
             rows.append(["syn", "stages", seed, backbone, fraction, int(fraction * 20), frozen, tuned])
     rows.append(["syn", "stages", 2, "pretrained", 0.05, 1, 0.2, 0.3])
     return pd.DataFrame(rows, columns=["data", "setting", "seed", "backbone", "fraction", "labelled_images",
-                                       "probe_miou", "finetuned_miou"])
+                                       "probe_miou", "finetuned_miou"]).assign(steps=1000)
 
 
 def test_label_efficiency_table_matches_hand_computed_statistics(results_doc):
     text = "\n".join(results_doc.label_efficiency_tables(label_study_rows(), PER_MEASUREMENT_STUDY, BOX_SPEC))
-    assert "synthetic, `stages` (2026-01-01, `box`, 2 threads)" in text
+    assert "synthetic, `stages`, 1000 steps (2026-01-01, `box`, 2 threads)" in text
     # 5%: gains +10, +12 (mean 11, std sqrt(2), half-width 12.706); fine-tuning adds +5, +7 to the probe.
     assert line_starting(text, "| 5% |") == (
         "| 5% | 1 | 0,1 | 32.0 ± 2.8 | 21.0 ± 1.4 | +11.0 ± 1.4 [-1.7, +23.7] | +10.0, +12.0 | 26.0 ± 1.4 "
@@ -269,9 +269,9 @@ def test_each_fine_tuning_recipe_has_its_table_and_crop_orders_count_as_their_me
                                + 0.02 * (averaged["backbone"] == "random"))
     rows = pd.concat([plain, averaged, again, balanced], ignore_index=True)
     text = "\n".join(results_doc.label_efficiency_tables(rows, PER_MEASUREMENT_STUDY, BOX_SPEC))
-    assert "synthetic, `stages` (2026" in text
-    assert "synthetic, `stages`, weights averaged (`ema_decay: 0.995`), 2–2 crop orders a seed (their mean)" in text
-    assert "synthetic, `stages`, weights averaged (`ema_decay: 0.995`), `class_weighting: balanced` (2026" in text
+    assert "synthetic, `stages`, 1000 steps (2026" in text
+    assert "synthetic, `stages`, 1000 steps, weights averaged (`ema_decay: 0.995`), 2–2 crop orders a seed (their mean)" in text
+    assert "synthetic, `stages`, 1000 steps, weights averaged (`ema_decay: 0.995`), `class_weighting: balanced` (2026" in text
     first, second, third = text.split("weights averaged")
     assert line_starting(first, "| 5% |").startswith("| 5% | 1 | 0,1 | 32.0 ± 2.8 | 21.0 ± 1.4 | +11.0")
     assert line_starting(second, "| 5% |").startswith("| 5% | 1 | 0,1 | 34.0 ± 2.8 | 21.0 ± 1.4 | +13.0")
@@ -297,6 +297,12 @@ def test_label_efficiency_picture_from_a_studys_rows(tmp_path):
     script.label_efficiency(tmp_path / "study.csv", "stages", str(out), {"ema_decay": 0.995, "class_weighting": "balanced"})
     with pytest.raises(SystemExit, match="class_weighting balanced"):
         script.label_efficiency(tmp_path / "study.csv", "stages", str(out), {"class_weighting": "balanced"})
+    # Two budgets of one recipe are not averaged into one curve: steps must be named.
+    longer = label_study_rows().assign(steps=2000, finetuned_miou=0.5)
+    pd.concat([label_study_rows(), longer]).to_csv(tmp_path / "study.csv", index=False)
+    with pytest.raises(SystemExit, match="rows of several recipes for setting 'stages': name steps"):
+        script.label_efficiency(tmp_path / "study.csv", "stages", str(out))
+    script.label_efficiency(tmp_path / "study.csv", "stages", str(out), {"steps": 2000})
 
 
 def heading_anchors(page: Path) -> set[str]:
