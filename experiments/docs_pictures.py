@@ -69,9 +69,9 @@ def convergence(curves: dict[str, str], out: str) -> None:
     save_figure(figure, Path(out))
 
 
-# Issue 27's label-efficiency study on its converged budget: (result CSV, setting, picture, the
-# recipe's finetune keys: steps, and those that differ from RECIPE_DEFAULTS). Its rows land once the study has run; until then the picture is
-# skipped, and says so.
+# Issue 27's label-efficiency study: (result CSV, setting, picture, the recipe's finetune keys:
+# steps, and those that differ from RECIPE_DEFAULTS). Its rows land once the study has run; until
+# then the picture is skipped, and says so.
 LABEL_EFFICIENCY = (RESULTS / "idd_lite_label_efficiency.csv", "stages", "docs/label_efficiency.png",
                     {"steps": 1000, "ema_decay": 0.995, "class_weighting": "balanced"})
 
@@ -115,8 +115,8 @@ def label_efficiency(csv: Path, setting: str, out: str, recipe: Mapping[str, Any
         curves[name] = (fractions, values.mean(0).tolist())
         seeds[name] = values.tolist()
     seed_list = ", ".join(str(s) for s in tuned.index)
-    plot_label_efficiency(curves, Path(out), f"{csv.stem}, `{setting}`, seeds {seed_list}{chr(10) + named if named else ''}",
-                          seeds=seeds,
+    title = f"{csv.stem}, `{setting}`, seeds {seed_list}" + (f"\n{named}" if named else "")
+    plot_label_efficiency(curves, Path(out), title, seeds=seeds,
                           target=curves["random, fine-tuned"][1][-1], xlabel="labelled train images (share)")
 
 

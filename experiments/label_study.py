@@ -6,8 +6,9 @@ Each row holds the fine-tuned val mIoU and, as the frozen reference, the linear 
 fine-tuning starts from (finetune.head_init: probe), fitted on the same labelled images and
 scored on val before the first step. With finetune.ema_decay the fine-tuned score is the weight
 average's, and `last_weights_miou` the last step's own weights' (without, the two are one score).
-Another recipe (steps, ema_decay, class_weighting) or crop order (crop_seed) of the same run makes rows
-of its own. The val curves go next to the CSV, in `<csv stem>_curves/<setting>_<steps>steps[_ema<decay>][_balanced][_crops<crop_seed>]_seed<seed>/
+Another recipe (steps, ema_decay, class_weighting) or crop order (crop_seed) of the same run
+makes rows of its own. The val curves go next to the CSV, in
+`<csv stem>_curves/<setting>_<steps>steps[_ema<decay>][_balanced][_crops<crop_seed>]_seed<seed>/
 val_curve_<backbone>.csv`.
 
 The fine-tuning runs are `pixpro finetune` in the run folder, with their outputs in --work, so an
@@ -109,8 +110,8 @@ def main() -> None:
         done = {tuple(row) for row in pd.read_csv(args.out)[KEY].astype(str).itertuples(index=False)}
     ema_decay, crop_seed = float(tune.get("ema_decay", 0.0)), int(tune.get("crop_seed", 0))
     weighting = tune.get("class_weighting", "none")
-    recipe = (f"_{tune['steps']}steps" + (f"_ema{ema_decay:g}" if ema_decay else "") + (f"_{weighting}" if weighting != "none" else "")
-              + (f"_crops{crop_seed}" if crop_seed else ""))
+    recipe = (f"_{tune['steps']}steps" + (f"_ema{ema_decay:g}" if ema_decay else "")
+              + (f"_{weighting}" if weighting != "none" else "") + (f"_crops{crop_seed}" if crop_seed else ""))
     curves = args.out.parent / f"{args.out.stem}_curves" / f"{args.setting}{recipe}_seed{seed}"
     curves.mkdir(parents=True, exist_ok=True)
     for backbone in args.backbones:

@@ -27,7 +27,8 @@ import yaml
 from pixpro.backbones import BACKBONES
 from pixpro.errors import DataError
 from pixpro.report import labels_saved
-from pixpro.runs import RECIPE_KEYS, finetune_by_fraction, label_study_by_fraction, load_result_rows, with_recipe_columns
+from pixpro.runs import (RECIPE_KEYS, finetune_by_fraction, label_study_by_fraction, load_result_rows,
+                         with_recipe_columns)
 from pixpro.stats import Summary, format_summary, paired_differences, summarize, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,8 +250,8 @@ def label_efficiency_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec:
     """experiments/label_study.py rows (one per data, setting, seed, backbone, fraction): per
     fraction the fine-tuned scores of both backbones and their paired gain, the frozen probe that
     fine-tuning started from and what fine-tuning added to it; then labels saved per seed. Each
-    fine-tuning recipe (pixpro.runs.RECIPE_KEYS) gets its own tables; repeats of a seed with other crop orders
-    (crop_seed) count as that seed's mean."""
+    fine-tuning recipe (pixpro.runs.RECIPE_KEYS) gets its own tables; repeats of a seed with other
+    crop orders (crop_seed) count as that seed's mean."""
     lines = []
     names = study.get("data_names", {})
     frame = with_recipe_columns(frame)
@@ -275,7 +276,8 @@ def label_efficiency_tables(frame: pd.DataFrame, study: Mapping[str, Any], spec:
         repeats = group.groupby("seed")["crop_seed"].nunique()
         recipe = (f", {steps} steps" + (f", weights averaged (`ema_decay: {decay:g}`)" if decay else "")
                   + (f", `class_weighting: {weighting}`" if weighting != "none" else "")
-                  + (f", {repeats.min()}–{repeats.max()} crop orders a seed (their mean)" if repeats.max() > 1 else ""))
+                  + (f", {repeats.min()}–{repeats.max()} crop orders a seed (their mean)"
+                     if repeats.max() > 1 else ""))
         lines += [f"{names.get(data, data)}, `{setting}`{recipe} ({where.get('date', '—')}, "
                   f"{machine_name(spec, where.get('machine'))}, {where.get('threads', '—')} threads), in points:", "",
                   *table(["labels", "images", "seeds", "pretrained fine-tuned", "random fine-tuned", "gain [95%]",

@@ -96,8 +96,9 @@ def test_a_study_is_collected_once_however_often_it_runs(study, tmp_path, monkey
     rows = pd.read_csv(out)
     assert len(rows) == 8 and rows.groupby(["ema_decay", "crop_seed"]).size().to_dict() == {(0.0, 0): 4, (0.995, 1): 4}
     assert (tmp_path / "results" / "study_curves" / "stages_1000steps_ema0.995_crops1_seed1").is_dir()
-    overlay.write_text(yaml.safe_dump({"finetune": {"steps": 1000, "crop_size": [64, 96], "amp": "auto",
-                                                    "ema_decay": 0.995, "crop_seed": 1, "class_weighting": "balanced"}}))
+    balanced = {"steps": 1000, "crop_size": [64, 96], "amp": "auto", "ema_decay": 0.995, "crop_seed": 1,
+                "class_weighting": "balanced"}
+    overlay.write_text(yaml.safe_dump({"finetune": balanced}))
     study.main()
     rows = pd.read_csv(out)
     assert rows.groupby(["ema_decay", "class_weighting", "crop_seed"]).size().to_dict() == {
