@@ -91,7 +91,7 @@ def label_efficiency(csv: Path, setting: str, out: str, recipe: Mapping[str, Any
     from pixpro.viz import plot_label_efficiency
 
     recipe = {key: value for key, value in (recipe or {}).items() if key != "crop_seed"}  # repeats are drawn
-    wanted = {**{k: v for k, v in RECIPE_DEFAULTS.items() if k != "crop_seed"}, **recipe}
+    wanted = {**{key: RECIPE_DEFAULTS[key] for key in RECIPE_KEYS if key in RECIPE_DEFAULTS}, **recipe}
     rows = with_recipe_columns(pd.read_csv(csv))
     chosen = rows["setting"] == setting
     for key, value in wanted.items():
